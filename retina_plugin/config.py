@@ -1,0 +1,39 @@
+from detectron2.config import CfgNode as CN
+
+
+def add_retina_config(cfg):
+    """
+    Add the plugin's config keys to a detectron2 config.
+
+    detectron2's own MODEL.RETINANET.* keys keep their meaning (NUM_CLASSES, IN_FEATURES,
+    NUM_CONVS, IOU_THRESHOLDS, IOU_LABELS, PRIOR_PROB, FOCAL_LOSS_ALPHA, FOCAL_LOSS_GAMMA,
+    SMOOTH_L1_LOSS_BETA, BBOX_REG_LOSS_TYPE, NORM, *_TEST), so a detectron2 RetinaNet yaml runs
+    with this plugin once MODEL.META_ARCHITECTURE is "FocalRetinaNet".
+    """
+    _C = cfg
+    # Head, by its name in retina_plugin.RETINA_HEAD_REGISTRY. "RetinaHead" is the paper's.
+    _C.MODEL.RETINANET.HEAD_NAME = "RetinaHead"
+    # Classification loss, by its name in retina_plugin.CLS_LOSS_REGISTRY. "focal" reads
+    # FOCAL_LOSS_ALPHA and FOCAL_LOSS_GAMMA and covers the paper's CE, balanced CE, FL and
+    # balanced FL (configs/losses/).
+    _C.MODEL.RETINANET.CLS_LOSS_TYPE = "focal"
+    # What the summed losses are divided by:
+    #   "num_pos": the paper: the batch's number of anchors assigned to a ground-truth box;
+    #   "ema": detectron2: a moving average of that number, steadier with few images per GPU.
+    # "ema" is the default so that results match detectron2's built-in RetinaNet.
+    _C.MODEL.RETINANET.LOSS_NORMALIZER = "ema"
+    # The moving average of "ema": new = old * MOMENTUM + num_pos * (1 - MOMENTUM), starting
+    # from INIT. detectron2 fixes these at 0.9 and 100.
+    _C.MODEL.RETINANET.LOSS_NORMALIZER_MOMENTUM = 0.9
+    _C.MODEL.RETINANET.LOSS_NORMALIZER_INIT = 100.0
+    return cfg
+
+
+class ConfigValueError(ValueError):
+    """A config value the plugin cannot use; the message names the key, the value and the fix."""
+
+
+def check_config_value(ok, key, value, allowed):
+    """Raise ConfigValueError naming `key`, its `value` and what is `allowed`, unless `ok`."""
+    if not ok:
+        raise ConfigValueError(f"{key} = {value!r} is not allowed: {allowed}.")

@@ -1,0 +1,88 @@
+"""
+The plugin's built-in data set, registered by `import retina_plugin` like detectron2's builtin
+ones: "retina_shapes_train" and "retina_shapes_val". The files are generated on first use under
+$DETECTRON2_DATASETS/retina_shapes (default ./datasets), then read from there.
+"""
+import logging
+import os
+import shutil
+import tempfile
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_coco_json
+
+from .synthetic import SHAPES, category_style, write_synthetic_coco
+
+logger = logging.getLogger(__name__)
+
+COLOR_NAMES = ("red", "green", "blue", "yellow", "magenta", "cyan")
+NUM_SHAPE_CLASSES = 8
+SHAPE_CATEGORIES = [
+    {"id": i + 1, "name": f"{COLOR_NAMES[i // len(SHAPES)]} {category_style(i)[0]}"}
+    for i in range(NUM_SHAPE_CLASSES)
+]
+# name: (split folder, number of images, seed)
+SHAPE_SPLITS = {
+    "retina_shapes_train": ("train", 400, 0),
+    "retina_shapes_val": ("val", 100, 1),
+}
+
+
+def datasets_root():
+    return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
+
+
+def shapes_split_paths(name):
+    """(json file, image folder) of a registered shapes split."""
+    split = SHAPE_SPLITS[name][0]
+    root = os.path.join(datasets_root(), "retina_shapes", split)
+    return os.path.join(root, "annotations.json"), os.path.join(root, "images")
+
+
+def ensure_shapes_split(name):
+    """Generate the split's files unless they are there; return (json file, image folder)."""
+    json_file, image_root = shapes_split_paths(name)
+    if os.path.isfile(json_file):
+        return json_file, image_root
+    split, num_images, seed = SHAPE_SPLITS[name]
+    split_root = os.path.dirname(json_file)
+    logger.info(f"Generating {name} ({num_images} images) into {split_root} ...")
+    os.makedirs(os.path.dirname(split_root), exist_ok=True)
+    # Written beside the target, then renamed, so an interrupted or concurrent generation
+    # never leaves a half-written split that a later run would take for a finished one.
+    tmp = tempfile.mkdtemp(prefix=f".{split}-", dir=os.path.dirname(split_root))
+    try:
+        write_synthetic_coco(
+            os.path.join(tmp, "images"),
+            os.path.join(tmp, "annotations.json"),
+            SHAPE_CATEGORIES,
+            num_images,
+            seed=seed,
+        )
+        try:
+            os.rename(tmp, split_root)
+        except OSError:
+            if not os.path.isfile(json_file):  # not another process that finished first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return json_file, image_root
+
+
+def _load_shapes(name):
+    json_file, image_root = ensure_shapes_split(name)
+    return load_coco_json(json_file, image_root, name)
+
+
+def register_shapes():
+    for name in SHAPE_SPLITS:
+        if name in DatasetCatalog.list():
+            continue
+        json_file, image_root = shapes_split_paths(name)
+        DatasetCatalog.register(name, lambda name=name: _load_shapes(name))
+        MetadataCatalog.get(name).set(
+            thing_classes=[c["name"] for c in SHAPE_CATEGORIES],
+            json_file=json_file,
+            image_root=image_root,
+            evaluator_type="coco",
+        )

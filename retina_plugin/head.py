@@ -1,0 +1,55 @@
+from typing import List
+
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
+
+from .config import check_config_value
+from .registry import NamedRegistry
+
+RETINA_HEAD_REGISTRY = NamedRegistry("RETINA_HEAD")
+RETINA_HEAD_REGISTRY.__doc__ = """
+Registry for RetinaNet heads, selected by MODEL.RETINANET.HEAD_NAME.
+
+A registered object is called as `obj(cfg, input_shape)` with the list of ShapeSpec of the
+features in MODEL.RETINANET.IN_FEATURES, and returns a module that maps that list of features
+to (class logits, box deltas): two lists over levels of (N, A*K, Hi, Wi) and (N, A*4, Hi, Wi).
+"""
+
+
+def build_retina_head(cfg, input_shape: List[ShapeSpec]):
+    """Build the head named by cfg.MODEL.RETINANET.HEAD_NAME."""
+    name = cfg.MODEL.RETINANET.HEAD_NAME
+    return RETINA_HEAD_REGISTRY.get_by_config("MODEL.RETINANET.HEAD_NAME", name)(cfg, input_shape)
+
+
+@RETINA_HEAD_REGISTRY.register()
+class RetinaHead(RetinaNetHead):
+    """
+    The paper's head, shared by all FPN levels: a class and a box tower of NUM_CONVS x
+    (conv 3x3, optional NORM, ReLU), then a 3x3 conv to A*K logits and one to A*4 deltas.
+    Convs start from normal(std 0.01) with bias 0, except the logits' bias,
+    b = -log((1 - pi) / pi) with pi = PRIOR_PROB, so that every anchor starts as background
+    with probability 1 - pi and the first iterations do not diverge.
+
+    It is detectron2's RetinaNetHead with its config checked, so its weights and state_dict
+    keys are detectron2's.
+    """
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: List[ShapeSpec]):
+        prior_prob = cfg.MODEL.RETINANET.PRIOR_PROB
+        check_config_value(
+            0 < prior_prob < 1,
+            "MODEL.RETINANET.PRIOR_PROB",
+            prior_prob,
+            "use a probability strictly between 0 and 1 (the paper uses 0.01)",
+        )
+        num_convs = cfg.MODEL.RETINANET.NUM_CONVS
+        check_config_value(
+            num_convs >= 1, "MODEL.RETINANET.NUM_CONVS", num_convs, "use 1 or more (the paper: 4)"
+        )
+        num_classes = cfg.MODEL.RETINANET.NUM_CLASSES
+        check_config_value(
+            num_classes >= 1, "MODEL.RETINANET.NUM_CLASSES", num_classes, "use 1 or more"
+        )
+        return super().from_config(cfg, input_shape)

@@ -1,0 +1,4 @@
+from .build import CLS_LOSS_REGISTRY, build_cls_loss
+from .focal import FocalLoss, sigmoid_focal_loss  # also registers "focal"
+
+__all__ = ["CLS_LOSS_REGISTRY", "build_cls_loss", "FocalLoss", "sigmoid_focal_loss"]

@@ -1,0 +1,166 @@
+import logging
+
+import torch
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.layers import cat
+from detectron2.modeling import META_ARCH_REGISTRY, build_anchor_generator, build_backbone
+from detectron2.modeling.box_regression import Box2BoxTransform, _dense_box_regression_loss
+from detectron2.modeling.matcher import Matcher
+from detectron2.modeling.meta_arch.retinanet import RetinaNet
+from detectron2.utils.events import get_event_storage
+
+from .config import check_config_value
+from .head import build_retina_head
+from .losses import build_cls_loss
+
+logger = logging.getLogger(__name__)
+
+LOSS_NORMALIZERS = ("num_pos", "ema")
+BOX_REG_LOSS_TYPES = ("smooth_l1", "giou", "diou", "ciou")
+
+
+@META_ARCH_REGISTRY.register()
+class FocalRetinaNet(RetinaNet):
+    """
+    RetinaNet whose head and classification loss come from the plugin's registries
+    (MODEL.RETINANET.HEAD_NAME, MODEL.RETINANET.CLS_LOSS_TYPE) and whose loss normaliser is
+    chosen by MODEL.RETINANET.LOSS_NORMALIZER.
+
+    Anchors, matching, box regression, inference and post-processing are detectron2's
+    RetinaNet's, and so is the state_dict: detectron2 RetinaNet checkpoints load unchanged.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        cls_loss: nn.Module,
+        loss_normalizer: str = "ema",
+        loss_normalizer_momentum: float = 0.9,
+        loss_normalizer_init: float = 100.0,
+        **kwargs,
+    ):
+        """
+        Args:
+            cls_loss: called as cls_loss(pred_logits (N, R, K), gt_labels (N, R)) and
+                returning the classification loss summed over anchors (see CLS_LOSS_REGISTRY).
+            loss_normalizer: "num_pos" (divide by the batch's positive anchors, the paper) or
+                "ema" (by their moving average, detectron2).
+            loss_normalizer_momentum, loss_normalizer_init: the moving average of "ema".
+            kwargs: the arguments of detectron2's RetinaNet; its focal_loss_* are unused.
+        """
+        super().__init__(**kwargs)
+        check_config_value(
+            loss_normalizer in LOSS_NORMALIZERS,
+            "MODEL.RETINANET.LOSS_NORMALIZER",
+            loss_normalizer,
+            f"choose one of {', '.join(LOSS_NORMALIZERS)}",
+        )
+        check_config_value(
+            0 <= loss_normalizer_momentum < 1,
+            "MODEL.RETINANET.LOSS_NORMALIZER_MOMENTUM",
+            loss_normalizer_momentum,
+            "use a momentum in [0, 1)",
+        )
+        check_config_value(
+            loss_normalizer_init > 0,
+            "MODEL.RETINANET.LOSS_NORMALIZER_INIT",
+            loss_normalizer_init,
+            "use a positive number of anchors",
+        )
+        check_config_value(
+            self.box_reg_loss_type in BOX_REG_LOSS_TYPES,
+            "MODEL.RETINANET.BBOX_REG_LOSS_TYPE",
+            self.box_reg_loss_type,
+            f"choose one of {', '.join(BOX_REG_LOSS_TYPES)}",
+        )
+        self.cls_loss = cls_loss
+        self.loss_normalizer_type = loss_normalizer
+        self.loss_normalizer_momentum = loss_normalizer_momentum
+        self.loss_normalizer_init = loss_normalizer_init
+
+    @classmethod
+    def from_config(cls, cfg):
+        retinanet = cfg.MODEL.RETINANET
+        backbone = build_backbone(cfg)
+        backbone_shape = backbone.output_shape()
+        missing = [f for f in retinanet.IN_FEATURES if f not in backbone_shape]
+        check_config_value(
+            not missing,
+            "MODEL.RETINANET.IN_FEATURES",
+            list(retinanet.IN_FEATURES),
+            f"the backbone has no {missing}; it outputs {sorted(backbone_shape)}",
+        )
+        feature_shapes = [backbone_shape[f] for f in retinanet.IN_FEATURES]
+        return {
+            "backbone": backbone,
+            "head": build_retina_head(cfg, feature_shapes),
+            "head_in_features": retinanet.IN_FEATURES,
+            "anchor_generator": build_anchor_generator(cfg, feature_shapes),
+            "box2box_transform": Box2BoxTransform(weights=retinanet.BBOX_REG_WEIGHTS),
+            "anchor_matcher": Matcher(
+                retinanet.IOU_THRESHOLDS, retinanet.IOU_LABELS, allow_low_quality_matches=True
+            ),
+            "num_classes": retinanet.NUM_CLASSES,
+            "cls_loss": build_cls_loss(cfg),
+            "loss_normalizer": retinanet.LOSS_NORMALIZER,
+            "loss_normalizer_momentum": retinanet.LOSS_NORMALIZER_MOMENTUM,
+            "loss_normalizer_init": retinanet.LOSS_NORMALIZER_INIT,
+            "smooth_l1_beta": retinanet.SMOOTH_L1_LOSS_BETA,
+            "box_reg_loss_type": retinanet.BBOX_REG_LOSS_TYPE,
+            "test_score_thresh": retinanet.SCORE_THRESH_TEST,
+            "test_topk_candidates": retinanet.TOPK_CANDIDATES_TEST,
+            "test_nms_thresh": retinanet.NMS_THRESH_TEST,
+            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "vis_period": cfg.VIS_PERIOD,
+            "input_format": cfg.INPUT.FORMAT,
+        }
+
+    def normalizer(self, num_pos_anchors: int) -> float:
+        """What the summed losses of a batch with `num_pos_anchors` positives are divided by."""
+        if self.loss_normalizer_type == "num_pos":
+            return float(max(num_pos_anchors, 1))
+        return self._ema_update(
+            "loss_normalizer_ema",
+            max(num_pos_anchors, 1),
+            self.loss_normalizer_init,
+            self.loss_normalizer_momentum,
+        )
+
+    def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes):
+        """
+        Args:
+            anchors (list[Boxes]): one Boxes per level.
+            pred_logits, pred_anchor_deltas (list[Tensor]): one per level, (N, Hi*Wi*A, K)
+                and (N, Hi*Wi*A, 4).
+            gt_labels, gt_boxes (list[Tensor]): one per image, (R,) and (R, 4) over all R
+                anchors (see RetinaNet.label_anchors): a class, K for background, -1 ignored.
+
+        Returns:
+            dict with "loss_cls" and "loss_box_reg", each summed over anchors and divided by
+            the normaliser.
+        """
+        num_images = len(gt_labels)
+        gt_labels = torch.stack(gt_labels)  # (N, R)
+        pos_mask = (gt_labels >= 0) & (gt_labels != self.num_classes)
+        num_pos_anchors = pos_mask.sum().item()
+        normalizer = self.normalizer(num_pos_anchors)
+        storage = get_event_storage()
+        storage.put_scalar("num_pos_anchors", num_pos_anchors / num_images)
+        storage.put_scalar("loss_normalizer", normalizer)
+
+        loss_cls = self.cls_loss(cat(pred_logits, dim=1), gt_labels)
+        loss_box_reg = _dense_box_regression_loss(
+            anchors,
+            self.box2box_transform,
+            pred_anchor_deltas,
+            gt_boxes,
+            pos_mask,
+            box_reg_loss_type=self.box_reg_loss_type,
+            smooth_l1_beta=self.smooth_l1_beta,
+        )
+        return {"loss_cls": loss_cls / normalizer, "loss_box_reg": loss_box_reg / normalizer}

@@ -1,0 +1,93 @@
+import os
+
+import pytest
+
+from detectron2.config import get_cfg
+from detectron2.model_zoo import get_config_file
+from detectron2.modeling import build_model
+
+import retina_plugin
+from retina_plugin import ConfigValueError, add_retina_config
+
+from helpers import REPO, tiny_cfg
+
+
+def test_new_keys_have_defaults_that_match_detectron2():
+    cfg = add_retina_config(get_cfg())
+    assert cfg.MODEL.RETINANET.HEAD_NAME == "RetinaHead"
+    assert cfg.MODEL.RETINANET.CLS_LOSS_TYPE == "focal"
+    assert cfg.MODEL.RETINANET.LOSS_NORMALIZER == "ema"
+    assert cfg.MODEL.RETINANET.LOSS_NORMALIZER_MOMENTUM == 0.9
+    assert cfg.MODEL.RETINANET.LOSS_NORMALIZER_INIT == 100
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("FOCAL_LOSS_GAMMA", -0.5, r"MODEL.RETINANET.FOCAL_LOSS_GAMMA = -0.5 .*gamma >= 0"),
+        ("FOCAL_LOSS_ALPHA", 1.5, r"MODEL.RETINANET.FOCAL_LOSS_ALPHA = 1.5 .*\[0, 1\], or -1"),
+        ("FOCAL_LOSS_ALPHA", -0.5, r"MODEL.RETINANET.FOCAL_LOSS_ALPHA = -0.5 .*\[0, 1\], or -1"),
+        ("PRIOR_PROB", 0.0, r"MODEL.RETINANET.PRIOR_PROB = 0.0 .*strictly between 0 and 1"),
+        ("PRIOR_PROB", 1.0, r"MODEL.RETINANET.PRIOR_PROB = 1.0 .*strictly between 0 and 1"),
+        ("NUM_CONVS", 0, r"MODEL.RETINANET.NUM_CONVS = 0 .*1 or more"),
+        ("CLS_LOSS_TYPE", "focla", r"CLS_LOSS_TYPE = 'focla' is not registered.*Registered: 'focal'"),
+        ("HEAD_NAME", "Retina", r"HEAD_NAME = 'Retina' is not registered.*Registered: 'RetinaHead'"),
+        ("LOSS_NORMALIZER", "batch", r"LOSS_NORMALIZER = 'batch' .*num_pos, ema"),
+        ("LOSS_NORMALIZER_MOMENTUM", 1.0, r"LOSS_NORMALIZER_MOMENTUM = 1.0 .*\[0, 1\)"),
+        ("BBOX_REG_LOSS_TYPE", "l2", r"BBOX_REG_LOSS_TYPE = 'l2' .*smooth_l1, giou, diou, ciou"),
+        ("IN_FEATURES", ["p3", "p9"], r"IN_FEATURES = \['p3', 'p9'\] .*no \['p9'\]"),
+    ],
+)
+def test_bad_values_fail_when_the_model_is_built(key, value, message):
+    cfg = tiny_cfg()
+    setattr(cfg.MODEL.RETINANET, key, value)
+    with pytest.raises(ConfigValueError, match=message):
+        build_model(cfg)
+
+
+@pytest.mark.parametrize("alpha", [-1.0, 0.0, 0.25, 1.0])
+def test_allowed_alpha_values_build(alpha):
+    cfg = tiny_cfg()
+    cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA = alpha
+    assert build_model(cfg).cls_loss.alpha == alpha
+
+
+@pytest.mark.parametrize(
+    "name,alpha,gamma",
+    [("ce", -1, 0), ("balanced_ce", 0.75, 0), ("focal", -1, 2), ("balanced_focal", 0.25, 2)],
+)
+def test_loss_variant_yamls_set_the_papers_settings(name, alpha, gamma):
+    cfg = tiny_cfg()
+    cfg.merge_from_file(os.path.join(REPO, "configs", "losses", f"{name}.yaml"))
+    loss = build_model(cfg).cls_loss
+    assert (loss.alpha, loss.gamma) == (alpha, gamma)
+
+
+@pytest.mark.parametrize("config", ["retina_r50.yaml", "retina_r101.yaml"])
+def test_model_configs_have_the_papers_coco_settings(config):
+    cfg = add_retina_config(get_cfg())
+    cfg.merge_from_file(os.path.join(REPO, "configs", config))
+    depth = 50 if "r50" in config else 101
+    assert cfg.MODEL.META_ARCHITECTURE == "FocalRetinaNet"
+    assert cfg.MODEL.RESNETS.DEPTH == depth
+    assert cfg.MODEL.WEIGHTS == f"detectron2://ImageNetPretrained/MSRA/R-{depth}.pkl"
+    assert cfg.DATASETS.TRAIN == ("coco_2017_train",) and cfg.DATASETS.TEST == ("coco_2017_val",)
+    assert (cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.BASE_LR) == (16, 0.01)
+    assert (cfg.SOLVER.MAX_ITER, cfg.SOLVER.STEPS) == (90000, (60000, 80000))
+    assert cfg.MODEL.RETINANET.IOU_THRESHOLDS == [0.4, 0.5]
+    assert cfg.MODEL.RETINANET.IN_FEATURES == ["p3", "p4", "p5", "p6", "p7"]
+    sizes = cfg.MODEL.ANCHOR_GENERATOR.SIZES
+    assert [round(level[0]) for level in sizes] == [32, 64, 128, 256, 512]
+    for level in sizes:
+        assert [round(s / level[0], 4) for s in level] == [1.0, 1.2599, 1.5874]
+    assert cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS == [[0.5, 1.0, 2.0]]
+
+
+def test_a_detectron2_retinanet_yaml_runs_by_changing_the_meta_architecture_alone():
+    cfg = add_retina_config(get_cfg())
+    cfg.merge_from_file(get_config_file("COCO-Detection/retinanet_R_50_FPN_1x.yaml"))
+    cfg.MODEL.META_ARCHITECTURE = "FocalRetinaNet"
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg)
+    assert isinstance(model, retina_plugin.FocalRetinaNet)
+    assert (model.cls_loss.alpha, model.cls_loss.gamma) == (0.25, 2.0)

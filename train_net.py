@@ -1,0 +1,113 @@
+#!/usr/bin/env python
+"""
+Train or evaluate a RetinaNet of retina_plugin with detectron2's trainer and COCOEvaluator.
+
+    python train_net.py --config-file configs/retina_r101.yaml
+    python train_net.py --config-file configs/retina_r50.yaml \
+        --extra-config configs/losses/balanced_ce.yaml     # a loss variant on top
+    python train_net.py --config-file configs/retina_r101.yaml --eval-only MODEL.WEIGHTS model.pth
+
+Trailing KEY VALUE pairs override the config, as in every detectron2 tool.
+"""
+import logging
+import os
+
+import torch
+
+import detectron2.utils.comm as comm
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.evaluation import COCOEvaluator, verify_results
+from detectron2.utils.logger import setup_logger
+
+import retina_plugin
+
+logger = logging.getLogger("retina_plugin")
+
+
+class Trainer(DefaultTrainer):
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
+        return COCOEvaluator(dataset_name, output_dir=output_folder)
+
+
+def setup(args):
+    cfg = get_cfg()
+    retina_plugin.add_retina_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    for extra in args.extra_config or []:
+        cfg.merge_from_file(extra)
+    cfg.merge_from_list(args.opts)
+    # detectron2's default device is "cuda"; on a machine without one, run on the CPU
+    # instead of failing at the first tensor moved there.
+    cpu_fallback = cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available()
+    if cpu_fallback:
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="retina_plugin")
+    if cpu_fallback:
+        logger.warning("No CUDA device is available: MODEL.DEVICE is set to 'cpu'.")
+    return cfg
+
+
+def report_outputs(cfg, trained):
+    """Say where the run left what a user looks for next."""
+    out = os.path.abspath(cfg.OUTPUT_DIR)
+    lines = []
+    if trained:
+        lines.append(f"checkpoint:  {os.path.join(out, 'model_final.pth')}")
+        lines.append(f"metrics:     {os.path.join(out, 'metrics.json')} (and TensorBoard events)")
+    if cfg.DATASETS.TEST:
+        lines.append(f"evaluation:  {os.path.join(out, 'inference')}")
+    lines.append(f"log, config: {os.path.join(out, 'log.txt')}, {os.path.join(out, 'config.yaml')}")
+    logger.info("Outputs:\n  " + "\n  ".join(lines))
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        results = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, results)
+            report_outputs(cfg, trained=False)
+        return results
+
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    results = trainer.train()
+    if comm.is_main_process():
+        report_outputs(cfg, trained=True)
+    return results
+
+
+def argument_parser():
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--extra-config",
+        action="append",
+        metavar="FILE",
+        help="a yaml merged after --config-file, for example a loss variant from "
+        "configs/losses/ (repeatable)",
+    )
+    return parser
+
+
+if __name__ == "__main__":
+    args = argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
