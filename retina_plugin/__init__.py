@@ -1,7 +1,7 @@
 """RetinaNet and the focal-loss family as a detectron2 plugin: `import retina_plugin` registers
 FocalRetinaNet in detectron2's META_ARCH_REGISTRY, its head in RETINA_HEAD_REGISTRY and the
 classification losses in CLS_LOSS_REGISTRY."""
-from . import data  # only registration: the built-in data sets
+from . import backbone, data  # only registration: a CPU-sized backbone, the built-in data sets
 from .config import ConfigValueError, add_retina_config
 from .head import RETINA_HEAD_REGISTRY, RetinaHead, build_retina_head
 from .losses import CLS_LOSS_REGISTRY, FocalLoss, build_cls_loss, sigmoid_focal_loss

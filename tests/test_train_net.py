@@ -19,14 +19,18 @@ pytestmark = pytest.mark.slow
 
 COCO_THINGS = [c for c in COCO_CATEGORIES if c["isthing"]]
 
-# R-101 stays R-101 (depth 101): only widths, image sizes and the schedule shrink.
+# R-101 stays R-101 (depth 101): only widths, image sizes and the schedule shrink. With no
+# pretrained weights, FrozenBN would normalise nothing (features of 1e6, saturated scores):
+# GroupNorm is detectron2's choice for training from scratch.
 TINY = [
+    "SEED", "0",
     "MODEL.WEIGHTS", "",
     "MODEL.DEVICE", "cpu",
-    "MODEL.RESNETS.WIDTH_PER_GROUP", "4",
-    "MODEL.RESNETS.RES2_OUT_CHANNELS", "16",
-    "MODEL.RESNETS.STEM_OUT_CHANNELS", "16",
-    "MODEL.FPN.OUT_CHANNELS", "16",
+    "MODEL.RESNETS.NORM", "GN",
+    "MODEL.RESNETS.WIDTH_PER_GROUP", "32",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
+    "MODEL.RESNETS.STEM_OUT_CHANNELS", "32",
+    "MODEL.FPN.OUT_CHANNELS", "32",
     "INPUT.MIN_SIZE_TRAIN", "(64,)",
     "INPUT.MAX_SIZE_TRAIN", "96",
     "INPUT.MIN_SIZE_TEST", "64",
@@ -51,7 +55,10 @@ def coco_root(tmp_path_factory):
             COCO_THINGS[:6],
             num_images,
             image_size=(64, 80),
-            object_size=(16, 40),
+            objects=(1, 4),
+            distractors=(0, 2),
+            sizes=(16, 40),
+            empty_prob=0.0,
             seed=seed,
         )
         # Keep all 80 categories in the json, as in the real COCO files.

@@ -1,7 +1,8 @@
 """
 The plugin's built-in data set, registered by `import retina_plugin` like detectron2's builtin
-ones: "retina_shapes_train" and "retina_shapes_val". The files are generated on first use under
-$DETECTRON2_DATASETS/retina_shapes (default ./datasets), then read from there.
+ones: "retina_shapes_train" and "retina_shapes_val", dense synthetic shapes (see synthetic.py).
+The files are generated on first use under $DETECTRON2_DATASETS/retina_shapes_v1 (default
+./datasets), then read from there.
 """
 import logging
 import os
@@ -11,16 +12,13 @@ import tempfile
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-from .synthetic import SHAPES, category_style, write_synthetic_coco
+from .synthetic import make_categories, write_synthetic_coco
 
 logger = logging.getLogger(__name__)
 
-COLOR_NAMES = ("red", "green", "blue", "yellow", "magenta", "cyan")
-NUM_SHAPE_CLASSES = 8
-SHAPE_CATEGORIES = [
-    {"id": i + 1, "name": f"{COLOR_NAMES[i // len(SHAPES)]} {category_style(i)[0]}"}
-    for i in range(NUM_SHAPE_CLASSES)
-]
+SHAPE_CATEGORIES = [{"id": c["id"], "name": c["name"]} for c in make_categories(6)]
+# Bump when the generator or the splits change, so that no stale cache is read.
+CACHE_FOLDER = "retina_shapes_v1"
 # name: (split folder, number of images, seed)
 SHAPE_SPLITS = {
     "retina_shapes_train": ("train", 400, 0),
@@ -35,7 +33,7 @@ def datasets_root():
 def shapes_split_paths(name):
     """(json file, image folder) of a registered shapes split."""
     split = SHAPE_SPLITS[name][0]
-    root = os.path.join(datasets_root(), "retina_shapes", split)
+    root = os.path.join(datasets_root(), CACHE_FOLDER, split)
     return os.path.join(root, "annotations.json"), os.path.join(root, "images")
 
 
@@ -58,6 +56,7 @@ def ensure_shapes_split(name):
             SHAPE_CATEGORIES,
             num_images,
             seed=seed,
+            progress=True,
         )
         try:
             os.rename(tmp, split_root)

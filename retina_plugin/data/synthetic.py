@@ -1,38 +1,144 @@
 """
-A seeded generator of small COCO-format detection data sets: real PNG files and a COCO json
-that pycocotools and detectron2's COCO loader read unchanged.
+A seeded generator of dense, imbalanced detection data sets, written as PNG files and a COCO
+json that pycocotools and detectron2's COCO loader read unchanged.
 
-Each category is drawn as a filled shape of its own kind and colour (rectangle, ellipse,
-triangle, ...) on a noisy background, at a range of sizes, so a detector can learn it.
+It imitates the problem focal loss addresses: many small objects per image, a few classes,
+and a background that is mostly easy but not all easy. Each class is one (shape, colour)
+pair; distractors share a class's shape or a class's colour but never both, so a detector
+must see both to tell an object from clutter. Object sides are log-uniform over a range that
+spans several FPN levels, objects do not overlap much, and some images are empty.
 """
 import json
+import math
 import os
 
 import numpy as np
 from PIL import Image, ImageDraw
+from tqdm import tqdm
 
-SHAPES = ("rectangle", "ellipse", "triangle", "diamond")
+SHAPES = ("ellipse", "rectangle", "triangle", "diamond", "cross", "ring")
+COLORS = {
+    "red": (215, 50, 45),
+    "green": (50, 170, 60),
+    "blue": (45, 80, 210),
+    "yellow": (225, 200, 40),
+    "magenta": (190, 50, 190),
+    "cyan": (40, 185, 200),
+    "orange": (235, 130, 30),
+    "white": (235, 235, 235),
+}
 
 
-def category_style(index):
-    """The shape and RGB colour that draw the `index`-th category; distinct for 24 categories."""
-    shape = SHAPES[index % len(SHAPES)]
-    hue_steps = [(230, 40, 40), (40, 200, 40), (40, 80, 230), (230, 200, 30), (200, 40, 200), (30, 200, 210)]
-    color = hue_steps[(index // len(SHAPES)) % len(hue_steps)]
-    return shape, color
+def make_categories(num_classes):
+    """COCO categories of the first `num_classes` (shape, colour) classes, ids from 1."""
+    if not 1 <= num_classes <= len(SHAPES):
+        raise ValueError(f"num_classes must be in [1, {len(SHAPES)}], got {num_classes}")
+    colors = list(COLORS)
+    return [
+        {"id": i + 1, "name": f"{colors[i]} {SHAPES[i]}", "shape": SHAPES[i], "color": colors[i]}
+        for i in range(num_classes)
+    ]
 
 
-def _draw(draw, shape, box, color):
+def _draw_shape(draw, shape, box, fill):
     x0, y0, x1, y1 = box
-    if shape == "rectangle":
-        draw.rectangle(box, fill=color)
-    elif shape == "ellipse":
-        draw.ellipse(box, fill=color)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    w, h = x1 - x0, y1 - y0
+    if shape == "ellipse":
+        draw.ellipse(box, fill=fill)
+    elif shape == "rectangle":
+        draw.rectangle(box, fill=fill)
     elif shape == "triangle":
-        draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=color)
+        draw.polygon([(cx, y0), (x1, y1), (x0, y1)], fill=fill)
+    elif shape == "diamond":
+        draw.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=fill)
+    elif shape == "cross":
+        draw.rectangle((x0, cy - h / 6, x1, cy + h / 6), fill=fill)
+        draw.rectangle((cx - w / 6, y0, cx + w / 6, y1), fill=fill)
+    elif shape == "ring":
+        # A disc with a dark centre: close to "ellipse", on purpose.
+        draw.ellipse(box, fill=fill)
+        inner = (x0 + w / 4, y0 + h / 4, x1 - w / 4, y1 - h / 4)
+        draw.ellipse(inner, fill=tuple(int(c * 0.45) for c in fill))
     else:
-        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        draw.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=color)
+        raise ValueError(f"unknown shape {shape!r}")
+
+
+def _background(rng, height, width):
+    """A smooth colour field with noise and a few random lines: cluttered, not uniform."""
+    coarse = rng.integers(40, 150, size=(4, 4, 3)).astype(np.uint8)
+    field = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BILINEAR), np.float32)
+    field += rng.normal(0, 12, size=field.shape)
+    image = Image.fromarray(field.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(2, 7))):
+        points = [tuple(rng.integers(0, [width, height])) for _ in range(2)]
+        gray = int(rng.integers(60, 200))
+        draw.line(points, fill=(gray, gray, gray), width=int(rng.integers(1, 3)))
+    return image
+
+
+def _place(rng, sizes, height, width, taken, max_overlap=0.15, tries=30):
+    """A box of log-uniform side in `sizes` that overlaps no box in `taken` by more than
+    `max_overlap` of its own area; None when none fits."""
+    for _ in range(tries):
+        side = math.exp(rng.uniform(math.log(sizes[0]), math.log(sizes[1])))
+        aspect = math.exp(rng.uniform(-0.4, 0.4))
+        w = max(4, min(width - 1, round(side * aspect)))
+        h = max(4, min(height - 1, round(side / aspect)))
+        x0 = int(rng.integers(0, width - w + 1))
+        y0 = int(rng.integers(0, height - h + 1))
+        box = np.array([x0, y0, x0 + w, y0 + h], dtype=np.float64)
+        if taken:
+            others = np.array(taken)
+            iw = np.minimum(box[2], others[:, 2]) - np.maximum(box[0], others[:, 0])
+            ih = np.minimum(box[3], others[:, 3]) - np.maximum(box[1], others[:, 1])
+            inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+            areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
+            if (inter > max_overlap * np.minimum(w * h, areas)).any():
+                continue
+        return box
+    return None
+
+
+def render_image(rng, categories, image_size, objects, distractors, sizes, empty_prob):
+    """One image and its annotations [(category index, [x, y, w, h])]."""
+    height, width = image_size
+    image = _background(rng, height, width)
+    draw = ImageDraw.Draw(image)
+    if rng.random() < empty_prob:
+        return image, []
+    class_shapes = {c["shape"] for c in categories}
+    class_colors = {c["color"] for c in categories}
+    pairs = {(c["shape"], c["color"]) for c in categories}
+    taken, annotations = [], []
+    num_objects = int(rng.integers(objects[0], objects[1] + 1))
+    num_distractors = int(rng.integers(distractors[0], distractors[1] + 1))
+    # Drawn in a random order, so objects and distractors mix.
+    kinds = np.array([True] * num_objects + [False] * num_distractors)
+    rng.shuffle(kinds)
+    for is_object in kinds:
+        box = _place(rng, sizes, height, width, taken)
+        if box is None:
+            continue
+        taken.append(box)
+        if is_object:
+            index = int(rng.integers(len(categories)))
+            shape, color = categories[index]["shape"], categories[index]["color"]
+        else:
+            # A class's shape in another colour, or a class's colour on another shape.
+            while True:
+                shape = SHAPES[int(rng.integers(len(SHAPES)))]
+                color = list(COLORS)[int(rng.integers(len(COLORS)))]
+                if (shape, color) not in pairs and (shape in class_shapes or color in class_colors):
+                    break
+        jitter = rng.integers(-20, 21, size=3)
+        fill = tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(COLORS[color], jitter))
+        _draw_shape(draw, shape, tuple(box.tolist()), fill)
+        if is_object:
+            x0, y0, x1, y1 = box.tolist()
+            annotations.append((index, [x0, y0, x1 - x0, y1 - y0]))
+    return image, annotations
 
 
 def write_synthetic_coco(
@@ -40,57 +146,58 @@ def write_synthetic_coco(
     json_path,
     categories,
     num_images,
-    image_size=(128, 128),
-    objects_per_image=(1, 6),
-    object_size=(12, 64),
+    image_size=(160, 160),
+    objects=(8, 30),
+    distractors=(4, 12),
+    sizes=(8, 64),
+    empty_prob=0.05,
     seed=0,
-    first_image_id=1,
+    progress=False,
 ):
     """
     Write `num_images` PNG images into `image_dir` and their COCO annotations to `json_path`.
 
     Args:
-        categories: COCO category dicts ({"id", "name"}); annotations use their ids.
+        categories: COCO category dicts ({"id", "name"}); the i-th is drawn as the i-th of
+            make_categories()'s (shape, colour) pairs. Annotations use the given ids.
         image_size: (height, width) of every image.
-        objects_per_image: (min, max) objects drawn in an image, both inclusive.
-        object_size: (min, max) side of an object's box, in pixels.
-        seed: the same seed writes the same files.
+        objects, distractors: (min, max) of each per image, both inclusive; fewer when the
+            image is full.
+        sizes: (min, max) side of an object's box in pixels, log-uniform.
+        empty_prob: the share of images with no object and no distractor.
+        seed: the same arguments and seed write the same files, byte for byte.
+        progress: show a progress bar.
 
     Returns:
         the COCO dict that was written.
     """
+    styles = make_categories(len(categories))
     rng = np.random.default_rng(seed)
-    height, width = image_size
     os.makedirs(image_dir, exist_ok=True)
     images, annotations = [], []
-    for i in range(num_images):
-        image_id = first_image_id + i
+    for i in tqdm(range(num_images), desc="generating images", disable=not progress):
+        image_id = i + 1
+        image, objects_in_image = render_image(
+            rng, styles, image_size, objects, distractors, sizes, empty_prob
+        )
         file_name = f"{image_id:06d}.png"
-        pixels = rng.integers(60, 120, size=(height, width, 3), dtype=np.uint8)
-        image = Image.fromarray(pixels)
-        draw = ImageDraw.Draw(image)
-        for _ in range(int(rng.integers(objects_per_image[0], objects_per_image[1] + 1))):
-            category_index = int(rng.integers(len(categories)))
-            box_w, box_h = rng.integers(object_size[0], object_size[1] + 1, size=2)
-            box_w, box_h = int(min(box_w, width - 1)), int(min(box_h, height - 1))
-            x0 = int(rng.integers(0, width - box_w))
-            y0 = int(rng.integers(0, height - box_h))
-            shape, color = category_style(category_index)
-            _draw(draw, shape, (x0, y0, x0 + box_w, y0 + box_h), color)
+        image.save(os.path.join(image_dir, file_name))
+        images.append(
+            {"id": image_id, "file_name": file_name, "height": image_size[0], "width": image_size[1]}
+        )
+        for index, bbox in objects_in_image:
             annotations.append(
                 {
                     "id": len(annotations) + 1,
                     "image_id": image_id,
-                    "category_id": categories[category_index]["id"],
-                    "bbox": [x0, y0, box_w, box_h],
-                    "area": float(box_w * box_h),
+                    "category_id": categories[index]["id"],
+                    "bbox": bbox,
+                    "area": float(bbox[2] * bbox[3]),
                     "iscrowd": 0,
                 }
             )
-        image.save(os.path.join(image_dir, file_name))
-        images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
     coco = {
-        "info": {"description": f"retina_plugin synthetic shapes, seed {seed}"},
+        "info": {"description": f"retina_plugin synthetic dense shapes, seed {seed}"},
         "images": images,
         "annotations": annotations,
         "categories": [{"id": c["id"], "name": c["name"]} for c in categories],
