@@ -6,6 +6,9 @@ Train or evaluate a RetinaNet of retina_plugin with detectron2's trainer and COC
     python train_net.py --config-file configs/retina_r50.yaml \
         --extra-config configs/losses/balanced_ce.yaml     # a loss variant on top
     python train_net.py --config-file configs/retina_r101.yaml --eval-only MODEL.WEIGHTS model.pth
+    python train_net.py --config-file configs/quickstart.yaml \
+        --dataset mine_train train.json images/ --dataset mine_val val.json images/ \
+        DATASETS.TRAIN '("mine_train",)' DATASETS.TEST '("mine_val",)'
 
 Trailing KEY VALUE pairs override the config, as in every detectron2 tool.
 """
@@ -22,6 +25,7 @@ from detectron2.evaluation import COCOEvaluator, verify_results
 from detectron2.utils.logger import setup_logger
 
 import retina_plugin
+from retina_plugin.data import check_num_classes, register_coco_dataset
 
 logger = logging.getLogger("retina_plugin")
 
@@ -35,12 +39,22 @@ class Trainer(DefaultTrainer):
 
 
 def setup(args):
+    # Checked and registered first, so that a bad file fails before anything else.
+    own_datasets = {
+        name: register_coco_dataset(name, json_file, image_root)
+        for name, json_file, image_root in args.dataset or []
+    }
     cfg = get_cfg()
     retina_plugin.add_retina_config(cfg)
     cfg.merge_from_file(args.config_file)
     for extra in args.extra_config or []:
         cfg.merge_from_file(extra)
     cfg.merge_from_list(args.opts)
+    used = [n for n in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST) if n in own_datasets]
+    if used and "MODEL.RETINANET.NUM_CLASSES" not in args.opts[::2]:
+        # The classes of --dataset files, unless the command line sets them (then checked).
+        cfg.MODEL.RETINANET.NUM_CLASSES = len(own_datasets[used[0]])
+    check_num_classes(cfg)
     # detectron2's default device is "cuda"; on a machine without one, run on the CPU
     # instead of failing at the first tensor moved there.
     cpu_fallback = cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available()
@@ -96,6 +110,14 @@ def argument_parser():
         metavar="FILE",
         help="a yaml merged after --config-file, for example a loss variant from "
         "configs/losses/ (repeatable)",
+    )
+    parser.add_argument(
+        "--dataset",
+        nargs=3,
+        action="append",
+        metavar=("NAME", "JSON", "IMAGE_DIR"),
+        help="register a COCO-format data set as NAME, to use in DATASETS.TRAIN/TEST "
+        "(repeatable); MODEL.RETINANET.NUM_CLASSES is taken from its categories",
     )
     return parser
 

@@ -17,6 +17,9 @@ def add_retina_config(cfg):
     # FOCAL_LOSS_ALPHA and FOCAL_LOSS_GAMMA and covers the paper's CE, balanced CE, FL and
     # balanced FL (configs/losses/).
     _C.MODEL.RETINANET.CLS_LOSS_TYPE = "focal"
+    # How the sigmoid focal loss runs (retina_plugin/ops/focal_loss.py): "compiled" (one fused
+    # loop by torch.compile), "eager" (plain PyTorch) or "auto" (compiled where it works).
+    _C.MODEL.RETINANET.FOCAL_LOSS_IMPL = "auto"
     # What the summed losses are divided by:
     #   "num_pos": the paper: the batch's number of anchors assigned to a ground-truth box;
     #   "ema": detectron2: a moving average of that number, steadier with few images per GPU.

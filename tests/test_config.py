@@ -17,6 +17,7 @@ def test_new_keys_have_defaults_that_match_detectron2():
     assert cfg.MODEL.RETINANET.HEAD_NAME == "RetinaHead"
     assert cfg.MODEL.RETINANET.CLS_LOSS_TYPE == "focal"
     assert cfg.MODEL.RETINANET.LOSS_NORMALIZER == "ema"
+    assert cfg.MODEL.RETINANET.FOCAL_LOSS_IMPL == "auto"
     assert cfg.MODEL.RETINANET.LOSS_NORMALIZER_MOMENTUM == 0.9
     assert cfg.MODEL.RETINANET.LOSS_NORMALIZER_INIT == 100
 
@@ -33,6 +34,7 @@ def test_new_keys_have_defaults_that_match_detectron2():
         ("CLS_LOSS_TYPE", "focla", r"CLS_LOSS_TYPE = 'focla' is not registered.*Registered: 'focal'"),
         ("HEAD_NAME", "Retina", r"HEAD_NAME = 'Retina' is not registered.*Registered: 'RetinaHead'"),
         ("LOSS_NORMALIZER", "batch", r"LOSS_NORMALIZER = 'batch' .*num_pos, ema"),
+        ("FOCAL_LOSS_IMPL", "cuda", r"FOCAL_LOSS_IMPL = 'cuda' .*'auto', 'compiled', 'eager'"),
         ("LOSS_NORMALIZER_MOMENTUM", 1.0, r"LOSS_NORMALIZER_MOMENTUM = 1.0 .*\[0, 1\)"),
         ("BBOX_REG_LOSS_TYPE", "l2", r"BBOX_REG_LOSS_TYPE = 'l2' .*smooth_l1, giou, diou, ciou"),
         ("IN_FEATURES", ["p3", "p9"], r"IN_FEATURES = \['p3', 'p9'\] .*no \['p9'\]"),

@@ -4,6 +4,7 @@ from fvcore.nn import sigmoid_focal_loss as fvcore_focal_loss
 from torch.nn import functional as F
 
 from retina_plugin import CLS_LOSS_REGISTRY, FocalLoss, sigmoid_focal_loss
+from retina_plugin.ops import focal_loss as focal_loss_op
 
 # The paper's four ablation variants: (alpha, gamma).
 VARIANTS = {"ce": (-1.0, 0.0), "balanced_ce": (0.75, 0.0), "fl": (-1.0, 2.0), "balanced_fl": (0.25, 2.0)}
@@ -165,3 +166,71 @@ def test_focal_is_registered_and_reads_the_config(cfg):
     torch.testing.assert_close(
         loss(logits[None], labels[None]), sigmoid_focal_loss(logits, labels, 0.75, 0.0, "sum")
     )
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_compiled_kernel_equals_eager(variant, reduction):
+    alpha, gamma = VARIANTS[variant]
+    logits, labels = random_problem(num_anchors=3000, num_classes=7, dtype=torch.float32)
+    results = {}
+    for impl in ("eager", "compiled"):
+        x = logits.clone().requires_grad_()
+        loss = sigmoid_focal_loss(x, labels, alpha, gamma, reduction, impl=impl)
+        loss.backward(torch.rand_like(loss, generator=torch.Generator().manual_seed(0)))
+        results[impl] = (loss, x.grad)
+    torch.testing.assert_close(results["compiled"][0], results["eager"][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(results["compiled"][1], results["eager"][1], rtol=1e-5, atol=1e-7)
+
+
+def test_compiled_kernel_gradcheck_and_extreme_logits():
+    logits, labels = random_problem(num_anchors=12, num_classes=3)
+    logits.requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda x: sigmoid_focal_loss(x, labels, 0.25, 0.5, "mean", impl="compiled"), (logits,)
+    )
+    extreme = torch.tensor([[100.0, -100.0], [-100.0, 100.0]], requires_grad=True)
+    loss = sigmoid_focal_loss(extreme, torch.tensor([0, 2]), 0.25, 0.5, "sum", impl="compiled")
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(extreme.grad).all()
+
+
+def test_eager_blocks_equal_one_block(monkeypatch):
+    logits, labels = random_problem(num_anchors=500, num_classes=5)
+    whole = sigmoid_focal_loss(logits, labels, reduction="none", impl="eager")
+    monkeypatch.setattr(focal_loss_op, "EAGER_BLOCK_ELEMENTS", 64)  # 12 rows a block
+    x = logits.clone().requires_grad_()
+    blocks = sigmoid_focal_loss(x, labels, reduction="none", impl="eager")
+    torch.testing.assert_close(blocks, whole)
+    assert torch.autograd.gradcheck(
+        lambda t: sigmoid_focal_loss(t, labels[:40], 0.25, 2.0, "sum", impl="eager"),
+        (logits[:40].clone().requires_grad_(),),
+    )
+
+
+def test_auto_compiles_large_inputs_only(monkeypatch):
+    calls = []
+    monkeypatch.setattr(focal_loss_op, "_compiled_kernel", lambda *a: calls.append(1) or focal_loss_op.focal_loss_kernel(*a))
+    monkeypatch.setattr(focal_loss_op, "AUTO_COMPILE_ELEMENTS", 1000)
+    small, small_labels = random_problem(num_anchors=10, num_classes=5)
+    large, large_labels = random_problem(num_anchors=300, num_classes=5)
+    sigmoid_focal_loss(small, small_labels)
+    assert calls == []
+    sigmoid_focal_loss(large, large_labels)
+    assert calls == [1]
+
+
+def test_auto_falls_back_to_eager_when_compiling_fails(monkeypatch, caplog):
+    def broken(*args):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(focal_loss_op, "_compiled_kernel", broken)
+    monkeypatch.setattr(focal_loss_op, "_compile_failed", False)
+    monkeypatch.setattr(focal_loss_op, "AUTO_COMPILE_ELEMENTS", 0)
+    logits, labels = random_problem()
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        sigmoid_focal_loss(logits, labels, impl="compiled")
+    with caplog.at_level("WARNING"):
+        loss = sigmoid_focal_loss(logits, labels, impl="auto")
+    assert "using the eager path" in caplog.text
+    torch.testing.assert_close(loss, sigmoid_focal_loss(logits, labels, impl="eager"))

@@ -11,7 +11,7 @@ import torch
 
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 
-from retina_plugin.data import write_synthetic_coco
+from retina_plugin.data import builtin, write_synthetic_coco
 
 from helpers import REPO
 
@@ -141,3 +141,76 @@ def test_loss_variant_from_configs_losses(coco_root, tmp_path):
         coco_root,
     )
     assert "FocalLoss(alpha=0.75, gamma=0.0)" in log
+
+
+def write_own_dataset(root, num_categories):
+    from retina_plugin.data import make_categories
+
+    categories = [{"id": 10 + c["id"], "name": c["name"]} for c in make_categories(num_categories)]
+    for split, seed in (("train", 0), ("val", 1)):
+        write_synthetic_coco(
+            root / split, root / f"{split}.json", categories, 3,
+            image_size=(64, 64), objects=(2, 5), distractors=(0, 2), sizes=(10, 30),
+            empty_prob=0.0, seed=seed,
+        )
+    return root
+
+
+QUICK = ["SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1",
+         "DATALOADER.NUM_WORKERS", "0", "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
+         "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64", "SEED", "0"]
+
+
+def test_own_coco_data_from_the_command_line(tmp_path):
+    data = write_own_dataset(tmp_path / "mine", num_categories=3)
+    out = tmp_path / "run"
+    log = run_train_net(
+        [
+            "--config-file", os.path.join(REPO, "configs", "quickstart.yaml"),
+            "--dataset", "mine_train", str(data / "train.json"), str(data / "train"),
+            "--dataset", "mine_val", str(data / "val.json"), str(data / "val"),
+            *QUICK, "DATASETS.TRAIN", '("mine_train",)', "DATASETS.TEST", '("mine_val",)',
+            "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0", "OUTPUT_DIR", str(out),
+        ],
+        tmp_path,
+    )
+    # NUM_CLASSES came from the json (3), not from quickstart.yaml (6).
+    state = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
+    num_anchors = 9
+    assert state["model"]["head.cls_score.weight"].shape[0] == 3 * num_anchors
+    assert "Evaluation results for mine_val" in log
+    float(reported_bbox_ap(log).split(",")[0])
+
+
+def test_num_classes_given_on_the_command_line_must_match_the_json(tmp_path):
+    data = write_own_dataset(tmp_path / "mine", num_categories=2)
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path), PYTHONWARNINGS="ignore")
+    proc = subprocess.run(
+        [
+            sys.executable, os.path.join(REPO, "train_net.py"),
+            "--config-file", os.path.join(REPO, "configs", "quickstart.yaml"),
+            "--dataset", "mine_train", str(data / "train.json"), str(data / "train"),
+            *QUICK, "DATASETS.TRAIN", '("mine_train",)', "DATASETS.TEST", "()",
+            "MODEL.RETINANET.NUM_CLASSES", "5", "OUTPUT_DIR", str(tmp_path / "run"),
+        ],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode != 0
+    assert "NUM_CLASSES = 5, but data set 'mine_train' has 2 categories" in proc.stderr
+    assert "Starting training" not in proc.stdout + proc.stderr
+
+
+def test_builtin_shapes_train_a_few_iterations(tmp_path):
+    # The val split is the small one (100 images): train on it to keep the test short.
+    out = tmp_path / "run"
+    log = run_train_net(
+        [
+            "--config-file", os.path.join(REPO, "configs", "quickstart.yaml"), *QUICK,
+            "DATASETS.TRAIN", '("retina_shapes_val",)', "DATASETS.TEST", "()",
+            "OUTPUT_DIR", str(out),
+        ],
+        tmp_path,
+    )
+    assert "Generating retina_shapes_val" in log
+    assert (tmp_path / builtin.CACHE_FOLDER / "val" / "annotations.json").is_file()
+    assert (out / "model_final.pth").is_file()

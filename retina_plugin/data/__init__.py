@@ -1,6 +1,17 @@
 from .builtin import SHAPE_CATEGORIES, ensure_shapes_split, register_shapes
-from .synthetic import write_synthetic_coco
+from .custom import DatasetError, check_num_classes, read_coco_categories, register_coco_dataset
+from .synthetic import make_categories, write_synthetic_coco
 
 register_shapes()
 
-__all__ = ["SHAPE_CATEGORIES", "ensure_shapes_split", "register_shapes", "write_synthetic_coco"]
+__all__ = [
+    "SHAPE_CATEGORIES",
+    "ensure_shapes_split",
+    "register_shapes",
+    "DatasetError",
+    "check_num_classes",
+    "read_coco_categories",
+    "register_coco_dataset",
+    "make_categories",
+    "write_synthetic_coco",
+]

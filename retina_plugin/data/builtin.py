@@ -18,10 +18,12 @@ logger = logging.getLogger(__name__)
 
 SHAPE_CATEGORIES = [{"id": c["id"], "name": c["name"]} for c in make_categories(6)]
 # Bump when the generator or the splits change, so that no stale cache is read.
-CACHE_FOLDER = "retina_shapes_v1"
+CACHE_FOLDER = "retina_shapes_v2"
+# Object sides in pixels, on 160 x 160 images: P3 to P5 of the quickstart's anchors.
+SHAPE_SIZES = (12, 64)
 # name: (split folder, number of images, seed)
 SHAPE_SPLITS = {
-    "retina_shapes_train": ("train", 400, 0),
+    "retina_shapes_train": ("train", 1000, 0),
     "retina_shapes_val": ("val", 100, 1),
 }
 
@@ -56,6 +58,7 @@ def ensure_shapes_split(name):
             SHAPE_CATEGORIES,
             num_images,
             seed=seed,
+            sizes=SHAPE_SIZES,
             progress=True,
         )
         try:
@@ -70,6 +73,8 @@ def ensure_shapes_split(name):
 
 def _load_shapes(name):
     json_file, image_root = ensure_shapes_split(name)
+    # Known only now ($DETECTRON2_DATASETS is read at load time): COCOEvaluator reads it.
+    MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root)
     return load_coco_json(json_file, image_root, name)
 
 
@@ -77,11 +82,7 @@ def register_shapes():
     for name in SHAPE_SPLITS:
         if name in DatasetCatalog.list():
             continue
-        json_file, image_root = shapes_split_paths(name)
         DatasetCatalog.register(name, lambda name=name: _load_shapes(name))
         MetadataCatalog.get(name).set(
-            thing_classes=[c["name"] for c in SHAPE_CATEGORIES],
-            json_file=json_file,
-            image_root=image_root,
-            evaluator_type="coco",
+            thing_classes=[c["name"] for c in SHAPE_CATEGORIES], evaluator_type="coco"
         )

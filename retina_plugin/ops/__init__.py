@@ -1,0 +1,3 @@
+from .focal_loss import sigmoid_focal_loss
+
+__all__ = ["sigmoid_focal_loss"]
