@@ -90,10 +90,9 @@ def peak_extra_bytes(fn, logits):
         return torch.cuda.max_memory_allocated() - before
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         fn(x)
-    # Every allocation and free, in time order: the running sum's maximum is the peak.
-    records = sorted(
-        (e.time_range.start, e.cpu_memory_usage) for e in prof.events() if e.name == "[memory]"
-    )
+    # Every allocation and free (by an op, or "[memory]" outside one), in time order: the
+    # running sum's maximum is the peak.
+    records = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events())
     current = peak = 0
     for _, delta in records:
         current += delta

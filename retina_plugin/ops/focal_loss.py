@@ -45,6 +45,7 @@ def sigmoid_focal_loss(
         dFL/dx_t = alpha_t * (1 - p_t) ** gamma * (gamma * p_t * log(p_t) + p_t - 1),
 
     is computed in the same pass as the loss and kept for backward; nothing else full-size is.
+    Backward spends it: a second backward through the same loss (retain_graph) is an error.
 
     Args:
         logits: (..., K) float tensor of class logits, K foreground classes.
@@ -81,7 +82,15 @@ def focal_loss_kernel(logits, labels, alpha, gamma, balanced, focusing, per_elem
     is_target = labels.unsqueeze(-1) == classes
     x = logits.to(torch.promote_types(logits.dtype, torch.float32))
     x_t = torch.where(is_target, x, -x)
-    log_p_t = -F.softplus(-x_t)
+    # p_t and 1 - p_t from one exp, each without cancellation: with e = exp(-|x_t|),
+    # sigmoid(x_t) is 1 / (1 + e) for x_t >= 0 and e / (1 + e) otherwise.
+    e = torch.exp(-x_t.abs())
+    inv = 1.0 / (1.0 + e)
+    positive = x_t >= 0
+    p_t = torch.where(positive, inv, e * inv)
+    q_t = torch.where(positive, e * inv, inv)  # 1 - p_t
+    log_p_t = -(torch.clamp(-x_t, min=0) + torch.log1p(e))
+    # (1 - p_t) ** gamma = exp(gamma * log(1 - p_t)), log(1 - p_t) = log(p_t) - x_t.
     modulator = torch.exp(gamma * (log_p_t - x_t)) if focusing else 1.0
     if balanced:
         weight = torch.where(is_target, alpha, 1.0 - alpha)
@@ -91,11 +100,12 @@ def focal_loss_kernel(logits, labels, alpha, gamma, balanced, focusing, per_elem
     weighted = weight * modulator
     loss = -weighted * log_p_t
     if not per_element:
-        loss = loss.sum()
+        # Rows first: a reduction in the same loop nest as the pointwise math, which
+        # torch.compile fuses; a flat sum would make it store the loss's terms first.
+        loss = loss.sum(dim=-1).sum()
     grad = None
     if need_grad:
-        p_t = torch.exp(log_p_t)
-        grad_t = weighted * (gamma * p_t * log_p_t + p_t - 1.0)
+        grad_t = weighted * (gamma * p_t * log_p_t - q_t)
         grad = torch.where(is_target, grad_t, -grad_t).to(logits.dtype)
     return loss, grad
 
@@ -162,12 +172,22 @@ class _SigmoidFocalLoss(torch.autograd.Function):
             loss = loss / count
             if need_grad:
                 grad.div_(count)
-        if need_grad:
-            ctx.save_for_backward(grad.view(logits.shape))
+        # Neither an input nor an output, so held on ctx (save_for_backward is for those).
+        ctx.grad = grad.view(logits.shape) if need_grad else None
+        ctx.reduced = reduction != "none"
         return loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss):
-        (grad,) = ctx.saved_tensors
-        return (grad * grad_loss).to(grad.dtype), None, None, None, None, None
+        if not ctx.reduced:
+            return (ctx.grad * grad_loss).to(ctx.grad.dtype), None, None, None, None, None
+        # A scalar loss: scale the gradient in place rather than allocate another full-size
+        # tensor. It is then spent, so a second backward cannot reuse it.
+        grad, ctx.grad = ctx.grad, None
+        if grad is None:
+            raise RuntimeError(
+                "sigmoid_focal_loss: a second backward through the same reduced loss "
+                "(retain_graph=True) is not supported; compute the loss again instead."
+            )
+        return grad.mul_(grad_loss.to(grad.dtype)), None, None, None, None, None
