@@ -46,9 +46,8 @@ def setup(args):
     }
     cfg = get_cfg()
     retina_plugin.add_retina_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    for extra in args.extra_config or []:
-        cfg.merge_from_file(extra)
+    for path in [args.config_file, *(args.extra_config or [])]:
+        retina_plugin.merge_config_file(cfg, path, allow_python_tags=args.allow_unsafe_yaml)
     cfg.merge_from_list(args.opts)
     used = [n for n in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST) if n in own_datasets]
     if used and "MODEL.RETINANET.NUM_CLASSES" not in args.opts[::2]:
@@ -110,6 +109,12 @@ def argument_parser():
         metavar="FILE",
         help="a yaml merged after --config-file, for example a loss variant from "
         "configs/losses/ (repeatable)",
+    )
+    parser.add_argument(
+        "--allow-unsafe-yaml",
+        action="store_true",
+        help="let config files use YAML Python object tags, which run code (detectron2's own "
+        "Base-RetinaNet.yaml does): only for files you trust",
     )
     parser.add_argument(
         "--dataset",

@@ -2,13 +2,14 @@
 FocalRetinaNet in detectron2's META_ARCH_REGISTRY, its head in RETINA_HEAD_REGISTRY and the
 classification losses in CLS_LOSS_REGISTRY."""
 from . import backbone, data  # only registration: a CPU-sized backbone, the built-in data sets
-from .config import ConfigValueError, add_retina_config
+from .config import ConfigValueError, add_retina_config, merge_config_file
 from .head import RETINA_HEAD_REGISTRY, RetinaHead, build_retina_head
 from .losses import CLS_LOSS_REGISTRY, FocalLoss, build_cls_loss, sigmoid_focal_loss
 from .meta_arch import FocalRetinaNet
 
 __all__ = [
     "add_retina_config",
+    "merge_config_file",
     "ConfigValueError",
     "RETINA_HEAD_REGISTRY",
     "RetinaHead",

@@ -1,4 +1,6 @@
-from detectron2.config import CfgNode as CN
+import os
+
+import yaml
 
 
 def add_retina_config(cfg):
@@ -40,3 +42,22 @@ def check_config_value(ok, key, value, allowed):
     """Raise ConfigValueError naming `key`, its `value` and what is `allowed`, unless `ok`."""
     if not ok:
         raise ConfigValueError(f"{key} = {value!r} is not allowed: {allowed}.")
+
+
+def merge_config_file(cfg, path, allow_python_tags=False):
+    """
+    cfg.merge_from_file(path), its _BASE_ files included, without running code from them:
+    YAML's Python object tags (!!python/object/apply:eval ..., which detectron2 would
+    evaluate) are refused with a clear error unless `allow_python_tags`, for trusted files.
+    """
+    if not os.path.isfile(path):
+        raise ConfigValueError(f"Config file {path!r} does not exist: check the path.")
+    try:
+        cfg.merge_from_file(path, allow_unsafe=allow_python_tags)
+    except yaml.constructor.ConstructorError as e:
+        where = f"{e.problem_mark.name}, line {e.problem_mark.line + 1}" if e.problem_mark else path
+        raise ConfigValueError(
+            f"{where}: {e.problem}. Config files are read without Python object tags, which "
+            f"would run code: write the value out instead (for example the numbers of an "
+            f"eval'd list), or pass --allow-unsafe-yaml for a file you trust."
+        ) from None

@@ -83,6 +83,8 @@ class FocalRetinaNet(RetinaNet):
 
     @classmethod
     def from_config(cls, cfg):
+        # RetinaNet.from_config's mapping, restated: calling it would build detectron2's head
+        # too, only to replace it (and draw different random weights under the same seed).
         retinanet = cfg.MODEL.RETINANET
         backbone = build_backbone(cfg)
         backbone_shape = backbone.output_shape()

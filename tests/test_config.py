@@ -93,3 +93,34 @@ def test_a_detectron2_retinanet_yaml_runs_by_changing_the_meta_architecture_alon
     model = build_model(cfg)
     assert isinstance(model, retina_plugin.FocalRetinaNet)
     assert (model.cls_loss.alpha, model.cls_loss.gamma) == (0.25, 2.0)
+
+
+def test_yaml_python_tags_are_refused_and_run_nothing(tmp_path):
+    marker = tmp_path / "ran"
+    base = tmp_path / "base.yaml"
+    base.write_text(
+        "MODEL:\n"
+        "  RETINANET:\n"
+        f"    NUM_CLASSES: !!python/object/apply:os.system [\"touch {marker}\"]\n"
+    )
+    child = tmp_path / "child.yaml"
+    child.write_text('_BASE_: "base.yaml"\nMODEL:\n  RETINANET:\n    PRIOR_PROB: 0.02\n')
+    cfg = add_retina_config(get_cfg())
+    with pytest.raises(ConfigValueError, match=r"base\.yaml, line 3: .*python/object/apply.*--allow-unsafe-yaml"):
+        retina_plugin.merge_config_file(cfg, str(child))
+    assert not marker.exists()
+
+
+def test_plain_yaml_merges_and_trusted_tags_can_be_allowed(tmp_path):
+    cfg = add_retina_config(get_cfg())
+    retina_plugin.merge_config_file(cfg, os.path.join(REPO, "configs", "retina_r50.yaml"))
+    assert cfg.MODEL.META_ARCHITECTURE == "FocalRetinaNet"
+    # detectron2's own Base-RetinaNet.yaml computes its anchor sizes with an eval tag.
+    zoo = get_config_file("COCO-Detection/retinanet_R_50_FPN_1x.yaml")
+    with pytest.raises(ConfigValueError, match="Base-RetinaNet.yaml"):
+        retina_plugin.merge_config_file(add_retina_config(get_cfg()), zoo)
+    cfg = add_retina_config(get_cfg())
+    retina_plugin.merge_config_file(cfg, zoo, allow_python_tags=True)
+    assert round(cfg.MODEL.ANCHOR_GENERATOR.SIZES[0][1], 3) == 40.317
+    with pytest.raises(ConfigValueError, match="nowhere.yaml' does not exist"):
+        retina_plugin.merge_config_file(cfg, str(tmp_path / "nowhere.yaml"))

@@ -2,6 +2,7 @@ import pytest
 import torch
 from fvcore.nn import sigmoid_focal_loss as fvcore_focal_loss
 from torch.nn import functional as F
+from torchvision.ops import sigmoid_focal_loss as torchvision_focal_loss
 
 from retina_plugin import CLS_LOSS_REGISTRY, FocalLoss, sigmoid_focal_loss
 from retina_plugin.ops import focal_loss as focal_loss_op
@@ -79,14 +80,16 @@ def test_reduced_gradients_match_the_formula_and_are_spent_once(reduction):
 
 
 @pytest.mark.parametrize("alpha,gamma", VARIANTS.values())
-def test_matches_fvcore_on_one_hot_targets(alpha, gamma):
+@pytest.mark.parametrize("reference", [fvcore_focal_loss, torchvision_focal_loss])
+@pytest.mark.parametrize("impl", ["eager", "compiled"])
+def test_matches_fvcore_and_torchvision_on_one_hot_targets(alpha, gamma, reference, impl):
     logits, labels = random_problem(num_anchors=300, num_classes=4, dtype=torch.float32)
     valid = labels >= 0
     one_hot = F.one_hot(labels[valid], num_classes=5)[:, :-1].float()
     ours_in = logits.clone().requires_grad_()
     ref_in = logits.clone().requires_grad_()
-    ours = sigmoid_focal_loss(ours_in, labels, alpha, gamma, reduction="sum")
-    ref = fvcore_focal_loss(ref_in[valid], one_hot, alpha=alpha, gamma=gamma, reduction="sum")
+    ours = sigmoid_focal_loss(ours_in, labels, alpha, gamma, reduction="sum", impl=impl)
+    ref = reference(ref_in[valid], one_hot, alpha=alpha, gamma=gamma, reduction="sum")
     ours.backward()
     ref.backward()
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)

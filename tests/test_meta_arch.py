@@ -62,6 +62,15 @@ def test_builtin_checkpoint_loads_with_no_missing_or_unexpected_keys(tmp_path, c
         assert torch.equal(plugin.state_dict()[key], value), key
 
 
+def test_same_seed_same_initial_weights_as_builtin():
+    torch.manual_seed(0)
+    builtin = build_model(tiny_cfg("RetinaNet"))
+    torch.manual_seed(0)
+    plugin = build_model(tiny_cfg("FocalRetinaNet"))
+    for key, value in builtin.state_dict().items():
+        assert torch.equal(plugin.state_dict()[key], value), key
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_same_training_losses_and_gradients_as_builtin(variant):
     builtin, plugin = builtin_and_plugin(*VARIANTS[variant])
