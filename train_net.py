@@ -31,6 +31,33 @@ logger = logging.getLogger("retina_plugin")
 
 
 class Trainer(DefaultTrainer):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        model = self.model.module if hasattr(self.model, "module") else self.model  # DDP
+        if isinstance(model, retina_plugin.FocalRetinaNet):
+            # Saved with the weights, the optimizer and the scheduler: --resume continues it.
+            self.checkpointer.checkpointables["loss_normalizer"] = model.normalizer_checkpointable()
+
+    def train(self):
+        try:
+            return super().train()
+        except FloatingPointError as e:
+            # detectron2 names the iteration and each loss term; add what to try and what is safe.
+            cfg = self.cfg
+            if self.checkpointer.has_checkpoint():
+                kept = f"The last good checkpoint, untouched: {self.checkpointer.get_checkpoint_file()}"
+            else:
+                kept = "No checkpoint had been written yet."
+            raise FloatingPointError(
+                f"{e}\nLikely causes: a learning rate too high for this batch "
+                f"(SOLVER.BASE_LR = {cfg.SOLVER.BASE_LR}, SOLVER.IMS_PER_BATCH = "
+                f"{cfg.SOLVER.IMS_PER_BATCH}; try a lower one, a longer SOLVER.WARMUP_ITERS or "
+                f"SOLVER.CLIP_GRADIENTS.ENABLED True); a missing prior initialisation "
+                f"(MODEL.RETINANET.PRIOR_PROB = {cfg.MODEL.RETINANET.PRIOR_PROB}, the paper uses "
+                f"0.01); boxes of zero or negative size in the training data.\n{kept} "
+                f"Fix the cause, then continue from it with --resume."
+            ) from e
+
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         if output_folder is None:

@@ -122,6 +122,14 @@ class FocalRetinaNet(RetinaNet):
             "input_format": cfg.INPUT.FORMAT,
         }
 
+    def normalizer_checkpointable(self):
+        """
+        The moving-average normaliser as an object for detectron2's Checkpointer (pass it as a
+        checkpointable), so that a resumed run continues it exactly. It stays out of the
+        model's state_dict, so that detectron2's RetinaNet checkpoints load key for key.
+        """
+        return _NormalizerState(self)
+
     def normalizer(self, num_pos_anchors: int) -> float:
         """What the summed losses of a batch with `num_pos_anchors` positives are divided by."""
         if self.loss_normalizer_type == "num_pos":
@@ -166,3 +174,16 @@ class FocalRetinaNet(RetinaNet):
             smooth_l1_beta=self.smooth_l1_beta,
         )
         return {"loss_cls": loss_cls / normalizer, "loss_box_reg": loss_box_reg / normalizer}
+
+
+class _NormalizerState:
+    def __init__(self, model: FocalRetinaNet):
+        self.model = model
+
+    def state_dict(self):
+        return {"loss_normalizer_ema": getattr(self.model, "loss_normalizer_ema", None)}
+
+    def load_state_dict(self, state):
+        value = state.get("loss_normalizer_ema")
+        if value is not None:
+            self.model.loss_normalizer_ema = float(value)

@@ -1,0 +1,115 @@
+"""A run interrupted after a checkpoint and resumed with --resume ends where an uninterrupted
+run ends: weights, optimizer and scheduler (detectron2's), and the loss normaliser (ours)."""
+import importlib.util
+import os
+
+import pytest
+import torch
+
+from detectron2.engine import HookBase
+
+from retina_plugin.data import make_categories, register_coco_dataset, write_synthetic_coco
+
+from helpers import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def load_train_net():
+    spec = importlib.util.spec_from_file_location("train_net", os.path.join(REPO, "train_net.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class CrashAfter(HookBase):
+    """Stops training with an error after iteration `iteration`, as a killed process would."""
+
+    def __init__(self, iteration):
+        self.iteration = iteration
+
+    def after_step(self):
+        if self.trainer.iter == self.iteration:
+            raise KeyboardInterrupt(f"interrupted after iteration {self.iteration}")
+
+
+@pytest.fixture(scope="module")
+def one_image_dataset(tmp_path_factory):
+    # One image, batch 1, no flip: every iteration sees the same batch, whatever the order of
+    # detectron2's sampler (which is not in its checkpoints).
+    root = tmp_path_factory.mktemp("one")
+    categories = [{"id": c["id"], "name": c["name"]} for c in make_categories(6)]
+    write_synthetic_coco(
+        root / "images", root / "a.json", categories, 1, image_size=(96, 96),
+        objects=(6, 6), distractors=(2, 2), sizes=(12, 40), empty_prob=0.0, seed=0,
+    )
+    register_coco_dataset("resume_one_image", str(root / "a.json"), str(root / "images"))
+    return "resume_one_image"
+
+
+def train(train_net, out, resume=False, crash_after=None):
+    args = train_net.argument_parser().parse_args(
+        [
+            "--config-file", os.path.join(REPO, "configs", "quickstart.yaml"),
+            *(["--resume"] if resume else []),
+            "SEED", "0", "OUTPUT_DIR", str(out),
+            "DATASETS.TRAIN", '("resume_one_image",)', "DATASETS.TEST", "()",
+            "SOLVER.IMS_PER_BATCH", "1", "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "3",
+            "SOLVER.WARMUP_ITERS", "2", "SOLVER.STEPS", "(4,)",
+            "INPUT.RANDOM_FLIP", "none", "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "96",
+            "MODEL.RETINANET.LOSS_NORMALIZER_MOMENTUM", "0.5",
+        ]
+    )
+    cfg = train_net.setup(args)
+    trainer = train_net.Trainer(cfg)
+    if crash_after is not None:
+        trainer.register_hooks([CrashAfter(crash_after)])
+    trainer.resume_or_load(resume=args.resume)
+    try:
+        trainer.train()
+    except KeyboardInterrupt:
+        pass
+    return trainer
+
+
+def test_resumed_run_ends_where_an_uninterrupted_run_ends(one_image_dataset, tmp_path):
+    train_net = load_train_net()
+    straight = train(train_net, tmp_path / "straight")
+
+    interrupted = tmp_path / "interrupted"
+    train(train_net, interrupted, crash_after=4)
+    assert (interrupted / "model_0000002.pth").is_file()
+    assert not (interrupted / "model_final.pth").exists()
+    resumed = train(train_net, interrupted, resume=True)
+    assert resumed.start_iter == 3
+
+    assert resumed.model.loss_normalizer_ema == pytest.approx(straight.model.loss_normalizer_ema)
+    for key, value in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, msg=key)
+
+
+def test_a_diverging_run_stops_with_the_causes_and_keeps_its_checkpoint(one_image_dataset, tmp_path):
+    train_net = load_train_net()
+    args = train_net.argument_parser().parse_args(
+        [
+            "--config-file", os.path.join(REPO, "configs", "quickstart.yaml"),
+            "SEED", "0", "OUTPUT_DIR", str(tmp_path),
+            "DATASETS.TRAIN", '("resume_one_image",)', "DATASETS.TEST", "()",
+            "SOLVER.IMS_PER_BATCH", "1", "SOLVER.MAX_ITER", "40", "SOLVER.CHECKPOINT_PERIOD", "1",
+            "SOLVER.WARMUP_ITERS", "0", "SOLVER.BASE_LR", "1e6",
+            "SOLVER.CLIP_GRADIENTS.ENABLED", "False",
+            "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "96",
+        ]
+    )
+    trainer = train_net.Trainer(train_net.setup(args))
+    trainer.resume_or_load(resume=False)
+    with pytest.raises(FloatingPointError) as error:
+        trainer.train()
+    message = str(error.value)
+    assert "Loss became infinite or NaN at iteration=" in message and "loss_cls" in message
+    assert "SOLVER.BASE_LR = 1000000.0" in message and "PRIOR_PROB = 0.01" in message
+    last = trainer.checkpointer.get_checkpoint_file()
+    assert f"The last good checkpoint, untouched: {last}" in message
+    # The checkpoint loads, and its weights are finite.
+    state = torch.load(last, map_location="cpu", weights_only=False)["model"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
