@@ -18,25 +18,28 @@ import os
 import torch
 
 import detectron2.utils.comm as comm
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import COCOEvaluator, verify_results
 from detectron2.utils.logger import setup_logger
 
 import retina_plugin
+from retina_plugin.checkpoint import SafeDetectionCheckpointer
 from retina_plugin.data import check_num_classes, register_coco_dataset
 
 logger = logging.getLogger("retina_plugin")
 
 
 class Trainer(DefaultTrainer):
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        model = self.model.module if hasattr(self.model, "module") else self.model  # DDP
-        if isinstance(model, retina_plugin.FocalRetinaNet):
+    def build_hooks(self):
+        # DefaultTrainer.__init__ calls this once its checkpointer exists and before any hook
+        # holds it: swap in the one that loads without running code from the file.
+        old = self.checkpointer
+        self.checkpointer = SafeDetectionCheckpointer(old.model, old.save_dir, **old.checkpointables)
+        if isinstance(old.model, retina_plugin.FocalRetinaNet):
             # Saved with the weights, the optimizer and the scheduler: --resume continues it.
-            self.checkpointer.checkpointables["loss_normalizer"] = model.normalizer_checkpointable()
+            self.checkpointer.checkpointables["loss_normalizer"] = old.model.normalizer_checkpointable()
+        return super().build_hooks()
 
     def train(self):
         try:
@@ -111,9 +114,10 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        checkpointer = SafeDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        # Evaluating a model that the checkpoint only partly fills would report noise.
+        checkpointer.require_complete_load(cfg.MODEL.WEIGHTS)
         results = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)

@@ -1,0 +1,110 @@
+"""
+Checkpoints loaded without running code from the file.
+
+detectron2 reads .pkl checkpoints (its model zoo's and Detectron1's) with pickle.load, which
+runs whatever callable the file names. SafeDetectionCheckpointer first reads a .pkl with an
+unpickler that allows only what such checkpoints hold (numpy arrays, dtypes and plain
+containers), then lets detectron2 load it as before. .pth files go through torch.load, whose
+weights-only mode refuses code already; both kinds get clear errors when refused, truncated or
+missing.
+"""
+import io
+import os
+import pickle
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.utils.file_io import PathManager
+
+# What genuine detectron2 / Detectron1 .pkl checkpoints unpickle: arrays and their parts.
+ALLOWED_PICKLE_GLOBALS = {
+    ("collections", "OrderedDict"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message names the file and the fix."""
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in ALLOWED_PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it names {module}.{name}, which a checkpoint never needs")
+
+
+def check_pickle_holds_only_arrays(data: bytes):
+    """Unpickle `data` allowing only numpy arrays and containers; raise UnpicklingError else."""
+    _ArraysOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()
+
+
+class SafeDetectionCheckpointer(DetectionCheckpointer):
+    """
+    detectron2's DetectionCheckpointer, loading without running code from the file, with clear
+    errors; `incompatible` holds the missing, unexpected and mis-shaped keys of the last load.
+    """
+
+    incompatible = None
+
+    def load(self, path, *args, **kwargs):
+        if path and not (os.path.isfile(path) or PathManager.isfile(path)):
+            if "://" not in path:  # URLs (detectron2://, https://) are fetched by detectron2
+                raise CheckpointError(f"Checkpoint {path!r} does not exist: check MODEL.WEIGHTS.")
+        return super().load(path, *args, **kwargs)
+
+    def _load_file(self, filename):
+        try:
+            if filename.endswith(".pkl"):
+                with PathManager.open(filename, "rb") as f:
+                    check_pickle_holds_only_arrays(f.read())
+            return super()._load_file(filename)
+        except pickle.UnpicklingError as e:
+            if "Weights only load failed" in str(e) or "a checkpoint never needs" in str(e):
+                reason = str(e).split("\n")[0] if ".pkl" in filename else "it would run code"
+                raise CheckpointError(
+                    f"Checkpoint {filename} was refused: {reason}. Loading it could run code "
+                    f"from the file. Use checkpoints from sources you trust, saved by "
+                    f"detectron2 or torch.save of tensors."
+                ) from None
+            raise self._unreadable(filename, e) from None
+        except (EOFError, RuntimeError, ValueError) as e:
+            raise self._unreadable(filename, e) from None
+
+    @staticmethod
+    def _unreadable(filename, error):
+        return CheckpointError(
+            f"Checkpoint {filename} cannot be read ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}): it is truncated or not a "
+            f"detectron2 / PyTorch checkpoint. Use a complete file, or the previous checkpoint."
+        )
+
+    def _load_model(self, checkpoint):
+        self.incompatible = super()._load_model(checkpoint)
+        return self.incompatible
+
+    def require_complete_load(self, path):
+        """Raise CheckpointError unless the last load gave every weight of the model its value."""
+        incompatible = self.incompatible
+        if incompatible is None:
+            raise CheckpointError(f"No weights were loaded from {path!r}: set MODEL.WEIGHTS.")
+        problems = []
+        if incompatible.incorrect_shapes:
+            key, in_file, in_model = incompatible.incorrect_shapes[0]
+            problems.append(
+                f"{len(incompatible.incorrect_shapes)} weights of other shapes (e.g. {key}: "
+                f"{tuple(in_file)} in the file, {tuple(in_model)} in the model)"
+            )
+        elif incompatible.missing_keys:
+            problems.append(
+                f"{len(incompatible.missing_keys)} weights missing (e.g. {incompatible.missing_keys[0]})"
+            )
+        if problems:
+            raise CheckpointError(
+                f"Checkpoint {path} does not fit this model: {'; '.join(problems)}. Use the "
+                f"config it was trained with (backbone depth, NUM_CLASSES, anchors, head)."
+            )
