@@ -47,21 +47,26 @@ def one_image_dataset(tmp_path_factory):
     return "resume_one_image"
 
 
-def train(train_net, out, resume=False, crash_after=None):
-    args = train_net.argument_parser().parse_args(
+def one_image_args(train_net, out, *extra):
+    """train_net arguments: the quickstart model on the one-image data set, batch 1."""
+    return train_net.argument_parser().parse_args(
         [
-            "--config-file", os.path.join(REPO, "configs", "quickstart.yaml"),
-            *(["--resume"] if resume else []),
-            "SEED", "0", "OUTPUT_DIR", str(out),
+            "--config-file", os.path.join(REPO, "configs", "quickstart.yaml"), *extra,
+            "SEED", "0", "OUTPUT_DIR", str(out), "SOLVER.IMS_PER_BATCH", "1",
             "DATASETS.TRAIN", '("resume_one_image",)', "DATASETS.TEST", "()",
-            "SOLVER.IMS_PER_BATCH", "1", "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "3",
-            "SOLVER.WARMUP_ITERS", "2", "SOLVER.STEPS", "(4,)",
-            "INPUT.RANDOM_FLIP", "none", "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "96",
-            "MODEL.RETINANET.LOSS_NORMALIZER_MOMENTUM", "0.5",
+            "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "96",
         ]
     )
-    cfg = train_net.setup(args)
-    trainer = train_net.Trainer(cfg)
+
+
+def train(train_net, out, resume=False, crash_after=None):
+    args = one_image_args(
+        train_net, out, *(["--resume"] if resume else []),
+        "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "3",
+        "SOLVER.WARMUP_ITERS", "2", "SOLVER.STEPS", "(4,)", "INPUT.RANDOM_FLIP", "none",
+        "MODEL.RETINANET.LOSS_NORMALIZER_MOMENTUM", "0.5",
+    )
+    trainer = train_net.Trainer(train_net.setup(args))
     if crash_after is not None:
         trainer.register_hooks([CrashAfter(crash_after)])
     trainer.resume_or_load(resume=args.resume)
@@ -90,16 +95,9 @@ def test_resumed_run_ends_where_an_uninterrupted_run_ends(one_image_dataset, tmp
 
 def test_a_diverging_run_stops_with_the_causes_and_keeps_its_checkpoint(one_image_dataset, tmp_path):
     train_net = load_train_net()
-    args = train_net.argument_parser().parse_args(
-        [
-            "--config-file", os.path.join(REPO, "configs", "quickstart.yaml"),
-            "SEED", "0", "OUTPUT_DIR", str(tmp_path),
-            "DATASETS.TRAIN", '("resume_one_image",)', "DATASETS.TEST", "()",
-            "SOLVER.IMS_PER_BATCH", "1", "SOLVER.MAX_ITER", "40", "SOLVER.CHECKPOINT_PERIOD", "1",
-            "SOLVER.WARMUP_ITERS", "0", "SOLVER.BASE_LR", "1e6",
-            "SOLVER.CLIP_GRADIENTS.ENABLED", "False",
-            "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "96",
-        ]
+    args = one_image_args(
+        train_net, tmp_path, "SOLVER.MAX_ITER", "40", "SOLVER.CHECKPOINT_PERIOD", "1",
+        "SOLVER.WARMUP_ITERS", "0", "SOLVER.BASE_LR", "1e6", "SOLVER.CLIP_GRADIENTS.ENABLED", "False",
     )
     trainer = train_net.Trainer(train_net.setup(args))
     trainer.resume_or_load(resume=False)
