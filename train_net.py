@@ -19,13 +19,14 @@ import torch
 
 import detectron2.utils.comm as comm
 from detectron2.config import get_cfg
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import COCOEvaluator, verify_results
 from detectron2.utils.logger import setup_logger
 
 import retina_plugin
 from retina_plugin.checkpoint import SafeDetectionCheckpointer
-from retina_plugin.data import check_num_classes, register_coco_dataset
+from retina_plugin.data import CheckedDatasetMapper, check_num_classes, register_coco_dataset
 
 logger = logging.getLogger("retina_plugin")
 
@@ -60,6 +61,15 @@ class Trainer(DefaultTrainer):
                 f"0.01); boxes of zero or negative size in the training data.\n{kept} "
                 f"Fix the cause, then continue from it with --resume."
             ) from e
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=CheckedDatasetMapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        mapper = CheckedDatasetMapper(cfg, is_train=False)
+        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -1,5 +1,6 @@
 from .builtin import SHAPE_CATEGORIES, ensure_shapes_split, register_shapes
 from .custom import DatasetError, check_num_classes, read_coco_categories, register_coco_dataset
+from .mapper import CheckedDatasetMapper
 from .synthetic import make_categories, write_synthetic_coco
 
 register_shapes()
@@ -8,6 +9,7 @@ __all__ = [
     "SHAPE_CATEGORIES",
     "ensure_shapes_split",
     "register_shapes",
+    "CheckedDatasetMapper",
     "DatasetError",
     "check_num_classes",
     "read_coco_categories",

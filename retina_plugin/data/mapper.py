@@ -1,0 +1,36 @@
+import logging
+
+from detectron2.data import DatasetMapper
+
+from .custom import DatasetError
+
+logger = logging.getLogger(__name__)
+
+
+class CheckedDatasetMapper(DatasetMapper):
+    """
+    detectron2's DatasetMapper, naming the image files it cannot read instead of failing deep
+    in a data-loader worker: in training such an image is skipped with a warning (detectron2
+    then takes another one); in evaluation it is an error, since a silently missing image
+    would change the AP. Empty and crowd-only images, and boxes that are empty or outside the
+    image once clipped, are dropped by detectron2 itself.
+    """
+
+    def __init__(self, cfg, is_train=True):
+        super().__init__(cfg, is_train=is_train)
+        self._warned = set()
+
+    def __call__(self, dataset_dict):
+        try:
+            return super().__call__(dataset_dict)
+        except OSError as e:  # missing, unreadable or not an image (PIL's error is an OSError)
+            file_name = dataset_dict.get("file_name")
+            if not self.is_train:
+                raise DatasetError(
+                    f"Image {file_name} cannot be read ({e}): restore the file, or remove it "
+                    f"from the data set's json."
+                ) from None
+            if file_name not in self._warned:
+                self._warned.add(file_name)
+                logger.warning(f"Skipping image {file_name}: it cannot be read ({e}).")
+            return None
