@@ -6,11 +6,13 @@ runs whatever callable the file names. SafeDetectionCheckpointer first reads a .
 unpickler that allows only what such checkpoints hold (numpy arrays, dtypes and plain
 containers), then lets detectron2 load it as before. .pth files go through torch.load, whose
 weights-only mode refuses code already; both kinds get clear errors when refused, truncated or
-missing.
+missing. It also writes atomically: an interrupted save never replaces a good checkpoint.
 """
 import io
 import os
 import pickle
+
+import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
@@ -83,6 +85,27 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
             f"detectron2 / PyTorch checkpoint. Use a complete file, or the previous checkpoint."
         )
 
+    def save(self, name, **kwargs):
+        """fvcore's Checkpointer.save, but written to a temporary file renamed into place, so
+        that an interrupted write leaves the previous file (and last_checkpoint) as they were."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        if "://" in self.save_dir:  # remote storage: no atomic rename to rely on
+            return super().save(name, **kwargs)
+        data = {"model": self.model.state_dict()}
+        data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        self.logger.info(f"Saving checkpoint to {os.path.join(self.save_dir, basename)}")
+        _write_atomically(os.path.join(self.save_dir, basename), lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename):
+        if "://" in self.save_dir:
+            return super().tag_last_checkpoint(last_filename_basename)
+        path = os.path.join(self.save_dir, "last_checkpoint")
+        _write_atomically(path, lambda f: f.write(last_filename_basename.encode()))
+
     def _load_model(self, checkpoint):
         self.incompatible = super()._load_model(checkpoint)
         return self.incompatible
@@ -108,3 +131,17 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
                 f"Checkpoint {path} does not fit this model: {'; '.join(problems)}. Use the "
                 f"config it was trained with (backbone depth, NUM_CLASSES, anchors, head)."
             )
+
+
+def _write_atomically(path, write):
+    """Call write(file) on a temporary file beside `path`, then rename it to `path`."""
+    partial = f"{path}.partial"
+    try:
+        with open(partial, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)  # atomic: readers see the old file or the new one
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)

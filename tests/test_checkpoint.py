@@ -99,3 +99,26 @@ def test_eval_only_with_a_missing_checkpoint_fails_clearly(tmp_path):
     )
     assert proc.returncode != 0
     assert "model_final.pth' does not exist: check MODEL.WEIGHTS" in proc.stderr
+
+
+def test_an_interrupted_save_leaves_the_previous_checkpoint(model, tmp_path, monkeypatch):
+    checkpointer = SafeDetectionCheckpointer(model, save_dir=str(tmp_path))
+    checkpointer.save("model_final", iteration=9)
+    good = (tmp_path / "model_final.pth").read_bytes()
+
+    real_save = torch.save
+
+    def killed_halfway(obj, f):
+        real_save(obj, f)
+        f.truncate(f.tell() // 2)
+        raise KeyboardInterrupt("killed while writing")
+
+    monkeypatch.setattr(torch, "save", killed_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        checkpointer.save("model_final", iteration=10)
+    monkeypatch.undo()
+
+    assert (tmp_path / "model_final.pth").read_bytes() == good
+    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_final.pth"]
+    assert SafeDetectionCheckpointer(model).load(str(tmp_path / "model_final.pth"))["iteration"] == 9
