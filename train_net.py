@@ -17,6 +17,7 @@ import os
 
 import torch
 
+import detectron2.engine.defaults
 import detectron2.utils.comm as comm
 from detectron2.config import get_cfg
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
@@ -29,6 +30,20 @@ from retina_plugin.checkpoint import SafeDetectionCheckpointer
 from retina_plugin.data import CheckedDatasetMapper, check_num_classes, register_coco_dataset
 
 logger = logging.getLogger("retina_plugin")
+
+
+def create_ddp_model_on_any_device(model, **kwargs):
+    """detectron2's create_ddp_model, which always passes device_ids=[local rank]: DDP refuses
+    that for a model on the CPU (detectron2 issue 5146), so --num-gpus N without CUDA failed.
+    A CPU model gets device_ids=None and trains over gloo, which launch() picks without CUDA."""
+    if next(model.parameters()).device.type == "cpu":
+        kwargs.setdefault("device_ids", None)
+    return _create_ddp_model(model, **kwargs)
+
+
+# DefaultTrainer.__init__ calls it by this module-level name, and offers no other way in.
+_create_ddp_model = detectron2.engine.defaults.create_ddp_model
+detectron2.engine.defaults.create_ddp_model = create_ddp_model_on_any_device
 
 
 class Trainer(DefaultTrainer):

@@ -1,5 +1,3 @@
-import logging
-
 import torch
 from torch import nn
 
@@ -9,13 +7,12 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_anchor_generator, buil
 from detectron2.modeling.box_regression import Box2BoxTransform, _dense_box_regression_loss
 from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
+from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from .config import check_config_value
 from .head import build_retina_head
 from .losses import build_cls_loss
-
-logger = logging.getLogger(__name__)
 
 LOSS_NORMALIZERS = ("num_pos", "ema")
 BOX_REG_LOSS_TYPES = ("smooth_l1", "giou", "diou", "ciou")
@@ -133,6 +130,14 @@ class FocalRetinaNet(RetinaNet):
     def normalizer(self, num_pos_anchors: int) -> float:
         """What the summed losses of a batch with `num_pos_anchors` positives are divided by."""
         if self.loss_normalizer_type == "num_pos":
+            # The paper's: the positives of the whole batch, over all processes. Divided by
+            # their number, since DDP averages the processes' gradients: N processes then
+            # train as one process with all their images.
+            world_size = comm.get_world_size()
+            if world_size > 1:
+                total = torch.tensor([float(num_pos_anchors)], device=self.device)
+                torch.distributed.all_reduce(total)
+                return max(total.item(), 1.0) / world_size
             return float(max(num_pos_anchors, 1))
         return self._ema_update(
             "loss_normalizer_ema",
