@@ -27,7 +27,7 @@ from detectron2.utils.logger import setup_logger
 
 import retina_plugin
 from retina_plugin.checkpoint import SafeDetectionCheckpointer
-from retina_plugin.data import CheckedDatasetMapper, check_num_classes, register_coco_dataset
+from retina_plugin.data import CheckedDatasetMapper, register_coco_dataset
 
 logger = logging.getLogger("retina_plugin")
 
@@ -108,7 +108,8 @@ def setup(args):
     if used and "MODEL.RETINANET.NUM_CLASSES" not in args.opts[::2]:
         # The classes of --dataset files, unless the command line sets them (then checked).
         cfg.MODEL.RETINANET.NUM_CLASSES = len(own_datasets[used[0]])
-    check_num_classes(cfg)
+    # Every key and the data sets' classes, before anything is built: all problems at once.
+    retina_plugin.validate_config(cfg, datasets=True)
     # detectron2's default device is "cuda"; on a machine without one, run on the CPU
     # instead of failing at the first tensor moved there.
     cpu_fallback = cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available()

@@ -6,6 +6,7 @@ from .config import ConfigValueError, add_retina_config, merge_config_file
 from .head import RETINA_HEAD_REGISTRY, RetinaHead, build_retina_head
 from .losses import CLS_LOSS_REGISTRY, FocalLoss, build_cls_loss, sigmoid_focal_loss
 from .meta_arch import FocalRetinaNet
+from .validate import validate_config
 
 __all__ = [
     "add_retina_config",
@@ -19,4 +20,5 @@ __all__ = [
     "build_cls_loss",
     "sigmoid_focal_loss",
     "FocalRetinaNet",
+    "validate_config",
 ]

@@ -36,20 +36,29 @@ class RetinaHead(RetinaNetHead):
     """
 
     @classmethod
-    def from_config(cls, cfg, input_shape: List[ShapeSpec]):
-        prior_prob = cfg.MODEL.RETINANET.PRIOR_PROB
-        check_config_value(
-            0 < prior_prob < 1,
+    def check_config(cls, cfg, check):
+        """Call check(ok, key, value, allowed) for each key it reads (see check_config_value)."""
+        retinanet = cfg.MODEL.RETINANET
+        check(
+            0 < retinanet.PRIOR_PROB < 1,
             "MODEL.RETINANET.PRIOR_PROB",
-            prior_prob,
+            retinanet.PRIOR_PROB,
             "use a probability strictly between 0 and 1 (the paper uses 0.01)",
         )
-        num_convs = cfg.MODEL.RETINANET.NUM_CONVS
-        check_config_value(
-            num_convs >= 1, "MODEL.RETINANET.NUM_CONVS", num_convs, "use 1 or more (the paper: 4)"
+        check(
+            retinanet.NUM_CONVS >= 1,
+            "MODEL.RETINANET.NUM_CONVS",
+            retinanet.NUM_CONVS,
+            "use 1 or more (the paper: 4)",
         )
-        num_classes = cfg.MODEL.RETINANET.NUM_CLASSES
-        check_config_value(
-            num_classes >= 1, "MODEL.RETINANET.NUM_CLASSES", num_classes, "use 1 or more"
+        check(
+            retinanet.NUM_CLASSES >= 1,
+            "MODEL.RETINANET.NUM_CLASSES",
+            retinanet.NUM_CLASSES,
+            "use 1 or more",
         )
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: List[ShapeSpec]):
+        cls.check_config(cfg, check_config_value)
         return super().from_config(cfg, input_shape)

@@ -11,6 +11,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from .config import check_config_value
+from .validate import validate_config
 from .head import build_retina_head
 from .losses import build_cls_loss
 
@@ -49,37 +50,56 @@ class FocalRetinaNet(RetinaNet):
             kwargs: the arguments of detectron2's RetinaNet; its focal_loss_* are unused.
         """
         super().__init__(**kwargs)
-        check_config_value(
-            loss_normalizer in LOSS_NORMALIZERS,
-            "MODEL.RETINANET.LOSS_NORMALIZER",
+        self.check_values(
+            check_config_value,
             loss_normalizer,
-            f"choose one of {', '.join(LOSS_NORMALIZERS)}",
-        )
-        check_config_value(
-            0 <= loss_normalizer_momentum < 1,
-            "MODEL.RETINANET.LOSS_NORMALIZER_MOMENTUM",
             loss_normalizer_momentum,
-            "use a momentum in [0, 1)",
-        )
-        check_config_value(
-            loss_normalizer_init > 0,
-            "MODEL.RETINANET.LOSS_NORMALIZER_INIT",
             loss_normalizer_init,
-            "use a positive number of anchors",
-        )
-        check_config_value(
-            self.box_reg_loss_type in BOX_REG_LOSS_TYPES,
-            "MODEL.RETINANET.BBOX_REG_LOSS_TYPE",
             self.box_reg_loss_type,
-            f"choose one of {', '.join(BOX_REG_LOSS_TYPES)}",
         )
         self.cls_loss = cls_loss
         self.loss_normalizer_type = loss_normalizer
         self.loss_normalizer_momentum = loss_normalizer_momentum
         self.loss_normalizer_init = loss_normalizer_init
 
+    @staticmethod
+    def check_values(check, loss_normalizer, momentum, init, box_reg_loss_type):
+        """Call check(ok, key, value, allowed) for each value (see config.check_config_value)."""
+        check(
+            loss_normalizer in LOSS_NORMALIZERS,
+            "MODEL.RETINANET.LOSS_NORMALIZER",
+            loss_normalizer,
+            f"choose one of {', '.join(LOSS_NORMALIZERS)}",
+        )
+        check(
+            0 <= momentum < 1,
+            "MODEL.RETINANET.LOSS_NORMALIZER_MOMENTUM",
+            momentum,
+            "use a momentum in [0, 1)",
+        )
+        check(init > 0, "MODEL.RETINANET.LOSS_NORMALIZER_INIT", init, "use a positive number")
+        check(
+            box_reg_loss_type in BOX_REG_LOSS_TYPES,
+            "MODEL.RETINANET.BBOX_REG_LOSS_TYPE",
+            box_reg_loss_type,
+            f"choose one of {', '.join(BOX_REG_LOSS_TYPES)}",
+        )
+
+    @classmethod
+    def check_config(cls, cfg, check):
+        retinanet = cfg.MODEL.RETINANET
+        cls.check_values(
+            check,
+            retinanet.LOSS_NORMALIZER,
+            retinanet.LOSS_NORMALIZER_MOMENTUM,
+            retinanet.LOSS_NORMALIZER_INIT,
+            retinanet.BBOX_REG_LOSS_TYPE,
+        )
+
     @classmethod
     def from_config(cls, cfg):
+        # Every key at once, before anything is built: one error listing all problems.
+        validate_config(cfg)
         # RetinaNet.from_config's mapping, restated: calling it would build detectron2's head
         # too, only to replace it (and draw different random weights under the same seed).
         retinanet = cfg.MODEL.RETINANET

@@ -37,7 +37,9 @@ def test_new_keys_have_defaults_that_match_detectron2():
         ("FOCAL_LOSS_IMPL", "cuda", r"FOCAL_LOSS_IMPL = 'cuda' .*'auto', 'compiled', 'eager'"),
         ("LOSS_NORMALIZER_MOMENTUM", 1.0, r"LOSS_NORMALIZER_MOMENTUM = 1.0 .*\[0, 1\)"),
         ("BBOX_REG_LOSS_TYPE", "l2", r"BBOX_REG_LOSS_TYPE = 'l2' .*smooth_l1, giou, diou, ciou"),
-        ("IN_FEATURES", ["p3", "p9"], r"IN_FEATURES = \['p3', 'p9'\] .*no \['p9'\]"),
+        ("IN_FEATURES", ["p3", "p4", "p5", "p6", "p9"], r"IN_FEATURES = \[.*'p9'\] .*no \['p9'\]"),
+        ("IOU_THRESHOLDS", [0.5, 0.4], r"IOU_THRESHOLDS = \[0.5, 0.4\] .*increasing IoUs"),
+        ("IOU_LABELS", [0, 1], r"IOU_LABELS = \[0, 1\] .*use 3 labels"),
     ],
 )
 def test_bad_values_fail_when_the_model_is_built(key, value, message):
@@ -124,3 +126,23 @@ def test_plain_yaml_merges_and_trusted_tags_can_be_allowed(tmp_path):
     assert round(cfg.MODEL.ANCHOR_GENERATOR.SIZES[0][1], 3) == 40.317
     with pytest.raises(ConfigValueError, match="nowhere.yaml' does not exist"):
         retina_plugin.merge_config_file(cfg, str(tmp_path / "nowhere.yaml"))
+
+
+def test_all_problems_are_reported_at_once():
+    cfg = tiny_cfg()
+    cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA = -1.0
+    cfg.MODEL.RETINANET.PRIOR_PROB = 2.0
+    cfg.MODEL.RETINANET.IOU_LABELS = [0, 1]
+    cfg.MODEL.RETINANET.CLS_LOSS_TYPE = "focla"
+    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[8, 10], [16], [32, 40], [64, 80], [128, 160]]
+    with pytest.raises(ConfigValueError) as error:
+        build_model(cfg)
+    message = str(error.value)
+    assert message.startswith("4 config problems:")
+    for key in ("PRIOR_PROB = 2.0", "IOU_LABELS = [0, 1]", "CLS_LOSS_TYPE = 'focla'", "SIZES"):
+        assert key in message, key
+    assert "same number of anchors (sizes x aspect ratios; here [6, 3, 6, 6, 6])" in message
+    # The loss's own keys are checked once the loss is known: fixing its name reveals them.
+    cfg.MODEL.RETINANET.CLS_LOSS_TYPE = "focal"
+    with pytest.raises(ConfigValueError, match="FOCAL_LOSS_GAMMA = -1.0"):
+        build_model(cfg)

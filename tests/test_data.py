@@ -159,7 +159,7 @@ def test_num_classes_is_checked_against_the_datasets():
     cfg.DATASETS.TRAIN = ("retina_shapes_train",)
     cfg.DATASETS.TEST = ("coco_2017_val",)
     cfg.MODEL.RETINANET.NUM_CLASSES = 6
-    with pytest.raises(DatasetError, match=r"NUM_CLASSES = 6, but data set 'coco_2017_val' has 80"):
+    with pytest.raises(DatasetError, match=r"NUM_CLASSES = 6, but data set 'coco_2017_val' has 80 categories: set it to 80"):
         check_num_classes(cfg)
     cfg.DATASETS.TEST = ("retina_shapes_val",)
     check_num_classes(cfg)

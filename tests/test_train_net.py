@@ -196,7 +196,7 @@ def test_num_classes_given_on_the_command_line_must_match_the_json(tmp_path):
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode != 0
-    assert "NUM_CLASSES = 5, but data set 'mine_train' has 2 categories" in proc.stderr
+    assert "NUM_CLASSES = 5 is not allowed: data set 'mine_train' has 2 categories" in proc.stderr
     assert "Starting training" not in proc.stdout + proc.stderr
 
 

@@ -58,14 +58,16 @@ def register_coco_dataset(name, json_file, image_root):
     return categories
 
 
-def check_num_classes(cfg):
-    """Raise DatasetError unless every data set of cfg.DATASETS whose classes are known has
-    MODEL.RETINANET.NUM_CLASSES of them."""
+def check_num_classes(cfg, check=None):
+    """Check that every data set of cfg.DATASETS whose classes are known has
+    MODEL.RETINANET.NUM_CLASSES of them: report to check(ok, key, value, allowed) (see
+    config.check_config_value), or raise DatasetError without one."""
     num_classes = cfg.MODEL.RETINANET.NUM_CLASSES
     for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
         classes = MetadataCatalog.get(name).get("thing_classes", None)
-        if classes is not None and len(classes) != num_classes:
-            raise DatasetError(
-                f"MODEL.RETINANET.NUM_CLASSES = {num_classes}, but data set {name!r} has "
-                f"{len(classes)} categories: set MODEL.RETINANET.NUM_CLASSES {len(classes)}."
-            )
+        if classes is None or len(classes) == num_classes:
+            continue
+        allowed = f"data set {name!r} has {len(classes)} categories: set it to {len(classes)}"
+        if check is None:
+            raise DatasetError(f"MODEL.RETINANET.NUM_CLASSES = {num_classes}, but {allowed}.")
+        check(False, "MODEL.RETINANET.NUM_CLASSES", num_classes, allowed)

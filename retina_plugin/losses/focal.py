@@ -18,21 +18,26 @@ class FocalLoss(nn.Module):
     @configurable
     def __init__(self, *, alpha: float = 0.25, gamma: float = 2.0, impl: str = "auto"):
         super().__init__()
-        check_config_value(
-            impl in IMPLS, "MODEL.RETINANET.FOCAL_LOSS_IMPL", impl, f"choose one of {IMPLS}"
-        )
-        check_config_value(
+        self.check_values(check_config_value, alpha, gamma, impl)
+        self.alpha = float(alpha)
+        self.gamma = float(gamma)
+        self.impl = impl
+
+    @staticmethod
+    def check_values(check, alpha, gamma, impl):
+        """Call check(ok, key, value, allowed) for each value (see config.check_config_value)."""
+        check(impl in IMPLS, "MODEL.RETINANET.FOCAL_LOSS_IMPL", impl, f"choose one of {IMPLS}")
+        check(
             alpha == -1 or 0 <= alpha <= 1,
             "MODEL.RETINANET.FOCAL_LOSS_ALPHA",
             alpha,
             "use a weight in [0, 1], or -1 for no balancing",
         )
-        check_config_value(
-            gamma >= 0, "MODEL.RETINANET.FOCAL_LOSS_GAMMA", gamma, "use gamma >= 0 (0 is CE)"
-        )
-        self.alpha = float(alpha)
-        self.gamma = float(gamma)
-        self.impl = impl
+        check(gamma >= 0, "MODEL.RETINANET.FOCAL_LOSS_GAMMA", gamma, "use gamma >= 0 (0 is CE)")
+
+    @classmethod
+    def check_config(cls, cfg, check):
+        cls.check_values(check, **cls.from_config(cfg))
 
     @classmethod
     def from_config(cls, cfg):
