@@ -113,6 +113,11 @@ def setup(args):
     # detectron2's default device is "cuda"; on a machine without one, run on the CPU
     # instead of failing at the first tensor moved there.
     cpu_fallback = cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available()
+    if cfg.SOLVER.AMP.ENABLED and not torch.cuda.is_available():
+        raise retina_plugin.ConfigValueError(
+            "SOLVER.AMP.ENABLED = True is not allowed without CUDA: detectron2's AMPTrainer "
+            "needs a GPU. Set SOLVER.AMP.ENABLED False on the CPU."
+        )
     if cpu_fallback:
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()

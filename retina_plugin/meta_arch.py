@@ -188,7 +188,14 @@ class FocalRetinaNet(RetinaNet):
         storage.put_scalar("num_pos_anchors", num_pos_anchors / num_images)
         storage.put_scalar("loss_normalizer", normalizer)
 
-        loss_cls = self.cls_loss(cat(pred_logits, dim=1), gt_labels)
+        pred_logits = cat(pred_logits, dim=1)
+        loss_cls = self.cls_loss(pred_logits, gt_labels)
+        with torch.no_grad():
+            # What focal-loss users watch: how much of the loss the background still makes.
+            # The loss of the few object anchors alone is cheap; the rest is background's.
+            object_loss = self.cls_loss(pred_logits[pos_mask][None], gt_labels[pos_mask][None])
+            share = 1.0 - (object_loss / loss_cls.detach().clamp(min=1e-12)).item()
+        storage.put_scalar("cls_loss_background_share", share)
         loss_box_reg = _dense_box_regression_loss(
             anchors,
             self.box2box_transform,

@@ -147,7 +147,49 @@ def test_a_registered_loss_is_selected_by_cls_loss_type():
         cfg.MODEL.RETINANET.CLS_LOSS_TYPE = "recording_focal"
         model = build_model(cfg)
         train_step(model, tiny_batch())
-        (logits_shape, labels_shape), = calls
+        logits_shape, labels_shape = calls[0]  # then again on the object anchors, for a metric
         assert logits_shape[:2] == labels_shape and logits_shape[2] == 3
     finally:
         CLS_LOSS_REGISTRY._obj_map.pop("recording_focal")
+
+
+def test_background_share_of_the_classification_loss_is_logged():
+    shares = {}
+    for variant in ("ce", "balanced_fl"):
+        cfg = tiny_cfg()
+        cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA, cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA = VARIANTS[variant]
+        torch.manual_seed(0)
+        model = build_model(cfg)
+        model.train()
+        with EventStorage() as storage:
+            model(tiny_batch())
+            shares[variant] = storage.history("cls_loss_background_share").latest()
+    # The paper's point: the many easy background anchors weigh in CE's loss, and focal loss
+    # takes them nearly out.
+    assert 0.05 < shares["ce"] < 1
+    assert 0 < shares["balanced_fl"] < shares["ce"] / 10
+
+
+def test_bfloat16_autocast_trains_with_a_float32_loss():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg())
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    seen = []
+    original = model.cls_loss.forward
+
+    def recording(pred_logits, gt_labels):
+        loss = original(pred_logits, gt_labels)
+        seen.append((pred_logits.dtype, loss.dtype))
+        return loss
+
+    model.cls_loss.forward = recording
+    with EventStorage():
+        for _ in range(3):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                losses = model(tiny_batch())
+            assert all(torch.isfinite(v) for v in losses.values())
+            optimizer.zero_grad()
+            sum(losses.values()).backward()
+            optimizer.step()
+    assert seen[0] == (torch.bfloat16, torch.float32)

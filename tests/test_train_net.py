@@ -69,6 +69,15 @@ def coco_root(tmp_path_factory):
     return root
 
 
+def load_tool(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_train_net(args, datasets):
     env = dict(os.environ, DETECTRON2_DATASETS=str(datasets), PYTHONWARNINGS="ignore")
     proc = subprocess.run(
@@ -122,6 +131,15 @@ def test_train_then_eval_only_with_the_r101_config(coco_root, tmp_path):
         coco_root,
     )
     assert "Starting training" not in eval_log
+    # The run's curves: tools/plot_metrics.py plots exactly the numbers of metrics.json.
+    plot_metrics = load_tool("plot_metrics")
+    plotted = plot_metrics.plot_run(str(out))
+    assert {"losses.png", "lr.png", "focal.png", "ap.png"} <= set(plotted)
+    assert all((out / "plots" / name).is_file() for name in plotted)
+    xs, ys = plotted["losses.png"]["loss_cls"]
+    assert list(zip(xs, ys)) == [(m["iteration"], m["loss_cls"]) for m in trained]
+    assert plotted["ap.png"]["bbox/AP"][1] == [float(reported_bbox_ap(train_log).split(",")[0])]
+
     # The checkpoint reproduces the evaluation at the end of training, detection for detection.
     assert reported_bbox_ap(eval_log) == reported_bbox_ap(train_log)
     detections = (eval_out / "inference" / "coco_instances_results.json").read_text()
@@ -214,3 +232,15 @@ def test_builtin_shapes_train_a_few_iterations(tmp_path):
     assert "Generating retina_shapes_val" in log
     assert (tmp_path / builtin.CACHE_FOLDER / "val" / "annotations.json").is_file()
     assert (out / "model_final.pth").is_file()
+
+
+def test_amp_without_cuda_is_a_clear_error(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "train_net.py"),
+         "--config-file", os.path.join(REPO, "configs", "quickstart.yaml"),
+         "SOLVER.AMP.ENABLED", "True", "OUTPUT_DIR", str(tmp_path)],
+        cwd=REPO, env=dict(os.environ, DETECTRON2_DATASETS=str(tmp_path), PYTHONWARNINGS="ignore"),
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode != 0
+    assert "SOLVER.AMP.ENABLED = True is not allowed without CUDA" in proc.stderr
