@@ -110,14 +110,14 @@ def setup(args):
         cfg.MODEL.RETINANET.NUM_CLASSES = len(own_datasets[used[0]])
     # Every key and the data sets' classes, before anything is built: all problems at once.
     retina_plugin.validate_config(cfg, datasets=True)
-    # detectron2's default device is "cuda"; on a machine without one, run on the CPU
-    # instead of failing at the first tensor moved there.
-    cpu_fallback = cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available()
     if cfg.SOLVER.AMP.ENABLED and not torch.cuda.is_available():
         raise retina_plugin.ConfigValueError(
             "SOLVER.AMP.ENABLED = True is not allowed without CUDA: detectron2's AMPTrainer "
             "needs a GPU. Set SOLVER.AMP.ENABLED False on the CPU."
         )
+    # detectron2's default device is "cuda"; on a machine without one, run on the CPU
+    # instead of failing at the first tensor moved there.
+    cpu_fallback = cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available()
     if cpu_fallback:
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()

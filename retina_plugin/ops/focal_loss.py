@@ -110,9 +110,9 @@ def focal_loss_kernel(logits, labels, alpha, gamma, balanced, focusing, per_elem
     return loss, grad
 
 
-def _eager_blocks(logits, labels, alpha, gamma, per_element, need_grad):
+def _eager_blocks(logits, labels, alpha, gamma, flags):
     """focal_loss_kernel over blocks of rows: temporaries of a block, not of the whole input."""
-    flags = (alpha >= 0, gamma != 0, per_element, need_grad)
+    per_element, need_grad = flags[2:]
     rows = max(1, EAGER_BLOCK_ELEMENTS // max(1, logits.shape[-1]))
     if logits.shape[0] <= rows:
         return focal_loss_kernel(logits, labels, alpha, gamma, *flags)
@@ -137,14 +137,14 @@ _compile_failed = False
 
 def _run_kernel(logits, labels, alpha, gamma, per_element, need_grad, impl):
     global _compiled_kernel, _compile_failed
+    flags = (alpha >= 0, gamma != 0, per_element, need_grad)
     small = logits.numel() < AUTO_COMPILE_ELEMENTS
     if impl == "eager" or (impl == "auto" and (_compile_failed or small)):
-        return _eager_blocks(logits, labels, alpha, gamma, per_element, need_grad)
+        return _eager_blocks(logits, labels, alpha, gamma, flags)
     if _compiled_kernel is None:
         _compiled_kernel = torch.compile(focal_loss_kernel, dynamic=True)
     compute_dtype = torch.promote_types(logits.dtype, torch.float32)
     alpha_gamma = torch.tensor([alpha, gamma], dtype=compute_dtype, device=logits.device)
-    flags = (alpha >= 0, gamma != 0, per_element, need_grad)
     try:
         return _compiled_kernel(logits, labels, alpha_gamma[0], alpha_gamma[1], *flags)
     except Exception as e:  # no compiler, an unsupported device or dtype...
@@ -152,7 +152,7 @@ def _run_kernel(logits, labels, alpha, gamma, per_element, need_grad, impl):
             raise
         _compile_failed = True
         logger.warning(f"torch.compile of the focal loss failed ({e!r}); using the eager path.")
-        return _eager_blocks(logits, labels, alpha, gamma, per_element, need_grad)
+        return _eager_blocks(logits, labels, alpha, gamma, flags)
 
 
 class _SigmoidFocalLoss(torch.autograd.Function):
