@@ -103,7 +103,7 @@ def setup(args):
     retina_plugin.add_retina_config(cfg)
     for path in [args.config_file, *(args.extra_config or [])]:
         retina_plugin.merge_config_file(cfg, path, allow_python_tags=args.allow_unsafe_yaml)
-    cfg.merge_from_list(args.opts)
+    retina_plugin.merge_config_list(cfg, args.opts)
     used = [n for n in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST) if n in own_datasets]
     if used and "MODEL.RETINANET.NUM_CLASSES" not in args.opts[::2]:
         # The classes of --dataset files, unless the command line sets them (then checked).

@@ -2,6 +2,12 @@ import os
 
 import yaml
 
+from detectron2.config import CfgNode as CN
+
+# Keys that take a number or a list. yacs refuses a value of another type than the key's
+# current one, so merge_config_file and merge_config_list switch the key's type first.
+NUMBER_OR_LIST_KEYS = ("MODEL.RETINANET.FOCAL_LOSS_ALPHA",)
+
 
 def add_retina_config(cfg):
     """
@@ -18,7 +24,24 @@ def add_retina_config(cfg):
     # Classification loss, by its name in retina_plugin.CLS_LOSS_REGISTRY. "focal" reads
     # FOCAL_LOSS_ALPHA and FOCAL_LOSS_GAMMA and covers the paper's CE, balanced CE, FL and
     # balanced FL (configs/losses/).
+    #   "focal_star": FL* of the paper's appendix A (FOCAL_STAR below, FOCAL_LOSS_ALPHA);
+    #   "ohem": CE on the hardest anchors only, the paper's Table 1d baseline (OHEM below);
+    #   "softmax_focal": a focal loss over a softmax of K + 1 logits (background included).
+    # FOCAL_LOSS_ALPHA may also be a list of NUM_CLASSES weights, one per class ("focal",
+    # "focal_star"). PRIOR_PROB 0.5 is the standard initialisation (class bias 0) that the
+    # paper's initialisation ablation compares with.
     _C.MODEL.RETINANET.CLS_LOSS_TYPE = "focal"
+    # FL*: p*_t = sigmoid(GAMMA * x_t + BETA), loss -log(p*_t) / GAMMA.
+    _C.MODEL.RETINANET.FOCAL_STAR = CN()
+    _C.MODEL.RETINANET.FOCAL_STAR.GAMMA = 2.0
+    _C.MODEL.RETINANET.FOCAL_STAR.BETA = 1.0
+    # OHEM: per image, the BATCH_SIZE_PER_IMAGE anchors of highest CE left after NMS at
+    # NMS_THRESH (1: none) over anchors scored by their loss; POSITIVE_FRACTION caps the share
+    # of object anchors among them (0.25 is the paper's 1:3; -1: no cap).
+    _C.MODEL.RETINANET.OHEM = CN()
+    _C.MODEL.RETINANET.OHEM.BATCH_SIZE_PER_IMAGE = 128
+    _C.MODEL.RETINANET.OHEM.NMS_THRESH = 0.5
+    _C.MODEL.RETINANET.OHEM.POSITIVE_FRACTION = -1.0
     # How the sigmoid focal loss runs (retina_plugin/ops/focal_loss.py): "compiled" (one fused
     # loop by torch.compile), "eager" (plain PyTorch) or "auto" (compiled where it works).
     _C.MODEL.RETINANET.FOCAL_LOSS_IMPL = "auto"
@@ -53,6 +76,12 @@ def merge_config_file(cfg, path, allow_python_tags=False):
     if not os.path.isfile(path):
         raise ConfigValueError(f"Config file {path!r} does not exist: check the path.")
     try:
+        loaded = cfg.load_yaml_with_base(path, allow_unsafe=allow_python_tags)
+        for key in NUMBER_OR_LIST_KEYS:
+            node = loaded
+            for part in key.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            _match_type(cfg, key, node)
         cfg.merge_from_file(path, allow_unsafe=allow_python_tags)
     except yaml.constructor.ConstructorError as e:
         where = f"{e.problem_mark.name}, line {e.problem_mark.line + 1}" if e.problem_mark else path
@@ -61,3 +90,24 @@ def merge_config_file(cfg, path, allow_python_tags=False):
             f"would run code: write the value out instead (for example the numbers of an "
             f"eval'd list), or pass --allow-unsafe-yaml for a file you trust."
         ) from None
+
+
+def merge_config_list(cfg, opts):
+    """cfg.merge_from_list(opts) (KEY VALUE pairs), where NUMBER_OR_LIST_KEYS take either."""
+    for key, value in zip(opts[0::2], opts[1::2]):
+        if key in NUMBER_OR_LIST_KEYS:
+            _match_type(cfg, key, cfg._decode_cfg_value(value))
+    cfg.merge_from_list(opts)
+
+
+def _match_type(cfg, key, new_value):
+    """Give cfg's `key` the type of new_value (a number or a list), so that yacs merges it."""
+    if new_value is None:
+        return
+    *path, name = key.split(".")
+    node = cfg
+    for part in path:
+        node = node[part]
+    old = node[name]
+    if isinstance(new_value, (list, tuple)) != isinstance(old, (list, tuple)):
+        node[name] = type(new_value)(new_value) if isinstance(new_value, (list, tuple)) else float(new_value)

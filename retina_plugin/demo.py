@@ -126,7 +126,7 @@ def main(argv=None):
     cfg = get_cfg()
     retina_plugin.add_retina_config(cfg)
     retina_plugin.merge_config_file(cfg, args.config_file)
-    cfg.merge_from_list(args.opts)
+    retina_plugin.merge_config_list(cfg, args.opts)
     import torch
 
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():

@@ -1,9 +1,13 @@
-from typing import List
+from typing import List, Optional
 
+import torch
+
+from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
 
 from .config import check_config_value
+from .losses import build_cls_loss
 from .registry import NamedRegistry
 
 RETINA_HEAD_REGISTRY = NamedRegistry("RETINA_HEAD")
@@ -31,9 +35,25 @@ class RetinaHead(RetinaNetHead):
     b = -log((1 - pi) / pi) with pi = PRIOR_PROB, so that every anchor starts as background
     with probability 1 - pi and the first iterations do not diverge.
 
-    It is detectron2's RetinaNetHead with its config checked, so its weights and state_dict
-    keys are detectron2's.
+    The classification loss (MODEL.RETINANET.CLS_LOSS_TYPE) says how many logits an anchor
+    has and what their prior bias is: K and the above for the sigmoid losses, so that weights
+    and state_dict keys are detectron2's RetinaNetHead's; K + 1 for a softmax.
     """
+
+    @configurable
+    def __init__(self, *, prior_bias: Optional[torch.Tensor] = None, **kwargs):
+        """
+        Args:
+            prior_bias: (logits per anchor,) initial bias of the class logits, the same for
+                every anchor shape; None for detectron2's, -log((1 - pi) / pi) everywhere.
+            kwargs: detectron2's RetinaNetHead's; num_classes is the logits per anchor.
+        """
+        super().__init__(**kwargs)
+        if prior_bias is not None:
+            num_anchors = self.cls_score.out_channels // len(prior_bias)
+            with torch.no_grad():
+                # Channels are (anchor, logit), anchor-major: see permute_to_N_HWA_K.
+                self.cls_score.bias.copy_(prior_bias.repeat(num_anchors))
 
     @classmethod
     def check_config(cls, cfg, check):
@@ -61,4 +81,9 @@ class RetinaHead(RetinaNetHead):
     @classmethod
     def from_config(cls, cfg, input_shape: List[ShapeSpec]):
         cls.check_config(cfg, check_config_value)
-        return super().from_config(cfg, input_shape)
+        ret = super().from_config(cfg, input_shape)
+        cls_loss = build_cls_loss(cfg)
+        num_classes = cfg.MODEL.RETINANET.NUM_CLASSES
+        ret["num_classes"] = cls_loss.logits_per_anchor(num_classes)
+        ret["prior_bias"] = cls_loss.prior_bias(num_classes, cfg.MODEL.RETINANET.PRIOR_PROB)
+        return ret

@@ -3,6 +3,7 @@ from torch import nn
 
 from detectron2.config import configurable
 from detectron2.layers import cat
+from detectron2.structures import Boxes
 from detectron2.modeling import META_ARCH_REGISTRY, build_anchor_generator, build_backbone
 from detectron2.modeling.box_regression import Box2BoxTransform, _dense_box_regression_loss
 from detectron2.modeling.matcher import Matcher
@@ -58,6 +59,8 @@ class FocalRetinaNet(RetinaNet):
             self.box_reg_loss_type,
         )
         self.cls_loss = cls_loss
+        # K, or K + 1 for a loss with a background logit: how the head's outputs are read.
+        self.num_logits = cls_loss.logits_per_anchor(self.num_classes)
         self.loss_normalizer_type = loss_normalizer
         self.loss_normalizer_momentum = loss_normalizer_momentum
         self.loss_normalizer_init = loss_normalizer_init
@@ -166,6 +169,29 @@ class FocalRetinaNet(RetinaNet):
             self.loss_normalizer_momentum,
         )
 
+    def forward_training(self, images, features, predictions, gt_instances):
+        pred_logits, pred_anchor_deltas = self._transpose_dense_predictions(
+            predictions, [self.num_logits, 4]
+        )
+        anchors = self.anchor_generator(features)
+        gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
+        return self.losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
+
+    def forward_inference(self, images, features, predictions):
+        """detectron2's, with the class scores from the loss (sigmoid, or softmax over K + 1)."""
+        pred_logits, pred_anchor_deltas = self._transpose_dense_predictions(
+            predictions, [self.num_logits, 4]
+        )
+        anchors = self.anchor_generator(features)
+        results = []
+        for img_idx, image_size in enumerate(images.image_sizes):
+            scores_per_image = [self.cls_loss.class_scores(x[img_idx]) for x in pred_logits]
+            deltas_per_image = [x[img_idx] for x in pred_anchor_deltas]
+            results.append(
+                self.inference_single_image(anchors, scores_per_image, deltas_per_image, image_size)
+            )
+        return results
+
     def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes):
         """
         Args:
@@ -189,13 +215,17 @@ class FocalRetinaNet(RetinaNet):
         storage.put_scalar("loss_normalizer", normalizer)
 
         pred_logits = cat(pred_logits, dim=1)
-        loss_cls = self.cls_loss(pred_logits, gt_labels)
-        with torch.no_grad():
-            # What focal-loss users watch: how much of the loss the background still makes.
-            # The loss of the few object anchors alone is cheap; the rest is background's.
-            object_loss = self.cls_loss(pred_logits[pos_mask][None], gt_labels[pos_mask][None])
-            share = 1.0 - (object_loss / loss_cls.detach().clamp(min=1e-12)).item()
-        storage.put_scalar("cls_loss_background_share", share)
+        loss_cls = self.cls_loss(pred_logits, gt_labels, Boxes.cat(anchors).tensor)
+        if self.cls_loss.separable_over_anchors:
+            with torch.no_grad():
+                # What focal-loss users watch: how much of the loss the background still
+                # makes. The loss of the few object anchors alone is cheap; the rest is
+                # background's.
+                object_loss = self.cls_loss(
+                    pred_logits[pos_mask][None], gt_labels[pos_mask][None], None
+                )
+                share = 1.0 - (object_loss / loss_cls.detach().clamp(min=1e-12)).item()
+            storage.put_scalar("cls_loss_background_share", share)
         loss_box_reg = _dense_box_regression_loss(
             anchors,
             self.box2box_transform,

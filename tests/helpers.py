@@ -5,6 +5,7 @@ import torch
 
 from detectron2.config import get_cfg
 from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
 
 import retina_plugin
 
@@ -42,3 +43,14 @@ def tiny_batch(num_classes=3, seed=0, sizes=((96, 128), (80, 112))):
         instances.gt_classes = torch.randint(0, num_classes, (num_boxes,), generator=g)
         batch.append({"image": image, "instances": instances, "height": height, "width": width})
     return batch
+
+
+def train_step(model, batch):
+    """One forward and backward in training mode: (losses, gradients by name, EventStorage)."""
+    model.train()
+    model.zero_grad()
+    with EventStorage() as storage:
+        losses = model(batch)
+        sum(losses.values()).backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return losses, grads, storage

@@ -7,7 +7,7 @@ from detectron2.utils.events import EventStorage
 
 from retina_plugin import CLS_LOSS_REGISTRY, FocalLoss, FocalRetinaNet
 
-from helpers import tiny_batch, tiny_cfg
+from helpers import tiny_batch, tiny_cfg, train_step
 
 VARIANTS = {"ce": (-1.0, 0.0), "balanced_ce": (0.75, 0.0), "fl": (-1.0, 2.0), "balanced_fl": (0.25, 2.0)}
 
@@ -29,16 +29,6 @@ def builtin_and_plugin(alpha=0.25, gamma=2.0, **retinanet):
     torch.manual_seed(1)
     plugin = build_model(cfgs[1])
     return builtin, plugin
-
-
-def train_step(model, batch):
-    model.train()
-    model.zero_grad()
-    with EventStorage() as storage:
-        losses = model(batch)
-        sum(losses.values()).backward()
-    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-    return losses, grads, storage
 
 
 def test_registered_as_a_detectron2_meta_architecture():
@@ -138,17 +128,18 @@ def test_a_registered_loss_is_selected_by_cls_loss_type():
 
     @CLS_LOSS_REGISTRY.register_as("recording_focal")
     class RecordingFocal(FocalLoss):
-        def forward(self, pred_logits, gt_labels):
-            calls.append((pred_logits.shape, gt_labels.shape))
-            return super().forward(pred_logits, gt_labels)
+        def forward(self, pred_logits, gt_labels, anchors):
+            calls.append((pred_logits.shape, gt_labels.shape, anchors))
+            return super().forward(pred_logits, gt_labels, anchors)
 
     try:
         cfg = tiny_cfg()
         cfg.MODEL.RETINANET.CLS_LOSS_TYPE = "recording_focal"
         model = build_model(cfg)
         train_step(model, tiny_batch())
-        logits_shape, labels_shape = calls[0]  # then again on the object anchors, for a metric
+        logits_shape, labels_shape, anchors = calls[0]  # then on the object anchors, for a metric
         assert logits_shape[:2] == labels_shape and logits_shape[2] == 3
+        assert anchors.shape == (labels_shape[1], 4)
     finally:
         CLS_LOSS_REGISTRY._obj_map.pop("recording_focal")
 
@@ -178,8 +169,8 @@ def test_bfloat16_autocast_trains_with_a_float32_loss():
     seen = []
     original = model.cls_loss.forward
 
-    def recording(pred_logits, gt_labels):
-        loss = original(pred_logits, gt_labels)
+    def recording(pred_logits, gt_labels, anchors):
+        loss = original(pred_logits, gt_labels, anchors)
         seen.append((pred_logits.dtype, loss.dtype))
         return loss
 

@@ -1,38 +1,62 @@
-from torch import nn
-
 from detectron2.config import configurable
 
 from ..config import check_config_value
 from ..ops.focal_loss import IMPLS, sigmoid_focal_loss
-from .build import CLS_LOSS_REGISTRY
+from .build import CLS_LOSS_REGISTRY, ClassificationLoss
+
+ALPHA_KEY = "MODEL.RETINANET.FOCAL_LOSS_ALPHA"
+
+
+def check_alpha(check, alpha, num_classes, per_class=True):
+    """
+    Check FOCAL_LOSS_ALPHA: a weight in [0, 1] or -1 (none), or, where the loss takes one,
+    a list of num_classes weights in [0, 1], one per class.
+    """
+    if isinstance(alpha, (list, tuple)):
+        if not per_class:
+            check(False, ALPHA_KEY, alpha, "this loss takes one number, not one per class")
+            return
+        check(
+            len(alpha) == num_classes and all(0 <= a <= 1 for a in alpha),
+            ALPHA_KEY,
+            alpha,
+            f"give one weight in [0, 1] per class ({num_classes}, MODEL.RETINANET.NUM_CLASSES), "
+            f"or one number for all",
+        )
+        return
+    check(alpha == -1 or 0 <= alpha <= 1, ALPHA_KEY, alpha, "use a weight in [0, 1], or -1 for no balancing")
+
+
+def alpha_from_config(cfg):
+    """FOCAL_LOSS_ALPHA as a float, or a tuple of per-class floats."""
+    alpha = cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA
+    return tuple(float(a) for a in alpha) if isinstance(alpha, (list, tuple)) else float(alpha)
 
 
 @CLS_LOSS_REGISTRY.register_as("focal")
-class FocalLoss(nn.Module):
+class FocalLoss(ClassificationLoss):
     """
     The paper's classification loss, summed over all anchors that are not ignored.
     The paper's ablation variants are alpha/gamma settings (configs/losses/):
     CE (alpha -1, gamma 0), balanced CE (0.75, 0), FL (-1, 2), balanced FL (0.25, 2).
+    FOCAL_LOSS_ALPHA may also be a list with one alpha per class.
     """
 
     @configurable
-    def __init__(self, *, alpha: float = 0.25, gamma: float = 2.0, impl: str = "auto"):
+    def __init__(self, *, alpha=0.25, gamma: float = 2.0, impl: str = "auto", num_classes=None):
         super().__init__()
-        self.check_values(check_config_value, alpha, gamma, impl)
-        self.alpha = float(alpha)
+        if num_classes is None:
+            num_classes = len(alpha) if isinstance(alpha, (list, tuple)) else 1
+        self.check_values(check_config_value, alpha, gamma, impl, num_classes)
+        self.alpha = tuple(alpha) if isinstance(alpha, (list, tuple)) else float(alpha)
         self.gamma = float(gamma)
         self.impl = impl
 
     @staticmethod
-    def check_values(check, alpha, gamma, impl):
+    def check_values(check, alpha, gamma, impl, num_classes):
         """Call check(ok, key, value, allowed) for each value (see config.check_config_value)."""
         check(impl in IMPLS, "MODEL.RETINANET.FOCAL_LOSS_IMPL", impl, f"choose one of {IMPLS}")
-        check(
-            alpha == -1 or 0 <= alpha <= 1,
-            "MODEL.RETINANET.FOCAL_LOSS_ALPHA",
-            alpha,
-            "use a weight in [0, 1], or -1 for no balancing",
-        )
+        check_alpha(check, alpha, num_classes)
         check(gamma >= 0, "MODEL.RETINANET.FOCAL_LOSS_GAMMA", gamma, "use gamma >= 0 (0 is CE)")
 
     @classmethod
@@ -42,12 +66,13 @@ class FocalLoss(nn.Module):
     @classmethod
     def from_config(cls, cfg):
         return {
-            "alpha": cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA,
+            "alpha": alpha_from_config(cfg),
             "gamma": cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA,
             "impl": cfg.MODEL.RETINANET.FOCAL_LOSS_IMPL,
+            "num_classes": cfg.MODEL.RETINANET.NUM_CLASSES,
         }
 
-    def forward(self, pred_logits, gt_labels):
+    def forward(self, pred_logits, gt_labels, anchors=None):
         """pred_logits (N, R, K), gt_labels (N, R) -> the loss summed over anchors."""
         return sigmoid_focal_loss(
             pred_logits, gt_labels, self.alpha, self.gamma, reduction="sum", impl=self.impl

@@ -35,7 +35,8 @@ def sigmoid_focal_loss(
         FL  = -alpha_t * (1 - p_t) ** gamma * log(p_t)
 
     alpha_t is `alpha` for the anchor's own class and `1 - alpha` for the other classes, or 1
-    when alpha < 0 (no balancing). gamma = 0 is (balanced) binary cross-entropy.
+    when alpha < 0 (no balancing); with one alpha per class, class k's term uses alpha[k].
+    gamma = 0 is (balanced) binary cross-entropy.
 
     Everything is computed from log-sigmoids: log(p_t) = -softplus(-x_t),
     log(1 - p_t) = log(p_t) - x_t, (1 - p_t) ** gamma = exp(gamma * log(1 - p_t)), so logits
@@ -52,7 +53,8 @@ def sigmoid_focal_loss(
         labels: (...) integer tensor: a class in [0, K); K (or any value >= K) for background,
             whose every class is a negative; -1 (any negative value) for an ignored anchor,
             which contributes nothing.
-        alpha: weight of the positive term in [0, 1], or -1 for none.
+        alpha: weight of the positive term in [0, 1], or -1 for none; or a sequence of K
+            such weights, one per class.
         gamma: focusing exponent, >= 0.
         reduction: "none": (..., K) losses in that math's dtype, 0 for ignored anchors;
             "sum": their sum; "mean": their sum / (K * the number of anchors not ignored).
@@ -67,15 +69,24 @@ def sigmoid_focal_loss(
             f"labels of shape {tuple(labels.shape)} do not match logits of shape "
             f"{tuple(logits.shape)}: expected labels of shape {tuple(logits.shape[:-1])}"
         )
-    return _SigmoidFocalLoss.apply(logits, labels, float(alpha), float(gamma), reduction, impl)
+    if isinstance(alpha, (int, float)):
+        alpha = float(alpha)
+    else:
+        alpha = tuple(float(a) for a in alpha)
+        if len(alpha) != logits.shape[-1]:
+            raise ValueError(
+                f"{len(alpha)} per-class alphas for {logits.shape[-1]} classes: give one per class"
+            )
+    return _SigmoidFocalLoss.apply(logits, labels, alpha, float(gamma), reduction, impl)
 
 
 def focal_loss_kernel(logits, labels, alpha, gamma, balanced, focusing, per_element, need_grad):
     """
     (loss, grad) of rows of logits (M, K) with labels (M,): loss is (M, K) if `per_element`,
     else its sum (0-d); grad is dloss/dlogits (M, K) in the logits' dtype, or None.
-    alpha and gamma are numbers or 0-d tensors (so that a compiled kernel serves all values);
-    `balanced` (alpha >= 0) and `focusing` (gamma != 0) choose the branches.
+    alpha and gamma are numbers or 0-d tensors (so that a compiled kernel serves all values),
+    alpha may also be a (K,) tensor of per-class weights; `balanced` (alpha given) and
+    `focusing` (gamma != 0) choose the branches.
     Pointwise ops and one sum only, so that torch.compile fuses it into one loop.
     """
     classes = torch.arange(logits.shape[-1], device=logits.device)
@@ -137,16 +148,21 @@ _compile_failed = False
 
 def _run_kernel(logits, labels, alpha, gamma, per_element, need_grad, impl):
     global _compiled_kernel, _compile_failed
-    flags = (alpha >= 0, gamma != 0, per_element, need_grad)
+    per_class = isinstance(alpha, tuple)
+    flags = (per_class or alpha >= 0, gamma != 0, per_element, need_grad)
+    compute_dtype = torch.promote_types(logits.dtype, torch.float32)
+    if per_class:
+        alpha = torch.tensor(alpha, dtype=compute_dtype, device=logits.device)
     small = logits.numel() < AUTO_COMPILE_ELEMENTS
     if impl == "eager" or (impl == "auto" and (_compile_failed or small)):
         return _eager_blocks(logits, labels, alpha, gamma, flags)
     if _compiled_kernel is None:
         _compiled_kernel = torch.compile(focal_loss_kernel, dynamic=True)
-    compute_dtype = torch.promote_types(logits.dtype, torch.float32)
-    alpha_gamma = torch.tensor([alpha, gamma], dtype=compute_dtype, device=logits.device)
+    if not per_class:
+        alpha = torch.tensor(alpha, dtype=compute_dtype, device=logits.device)
+    gamma_t = torch.tensor(gamma, dtype=compute_dtype, device=logits.device)
     try:
-        return _compiled_kernel(logits, labels, alpha_gamma[0], alpha_gamma[1], *flags)
+        return _compiled_kernel(logits, labels, alpha, gamma_t, *flags)
     except Exception as e:  # no compiler, an unsupported device or dtype...
         if impl == "compiled":
             raise
