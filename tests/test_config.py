@@ -7,7 +7,7 @@ from detectron2.model_zoo import get_config_file
 from detectron2.modeling import build_model
 
 import retina_plugin
-from retina_plugin import ConfigValueError, add_retina_config
+from retina_plugin import ConfigValueError, add_retina_config, merge_config_file
 
 from helpers import REPO, tiny_cfg
 
@@ -65,6 +65,23 @@ def test_loss_variant_yamls_set_the_papers_settings(name, alpha, gamma):
     cfg.merge_from_file(os.path.join(REPO, "configs", "losses", f"{name}.yaml"))
     loss = build_model(cfg).cls_loss
     assert (loss.alpha, loss.gamma) == (alpha, gamma)
+
+
+@pytest.mark.parametrize(
+    "name,loss_type,settings",
+    [
+        ("focal_star", "FocalStarLoss", {"alpha": 0.25, "gamma": 2.0, "beta": 1.0}),
+        ("softmax_focal", "SoftmaxFocalLoss", {"alpha": 0.25, "gamma": 2.0}),
+        ("ohem", "OHEMLoss", {"batch_size_per_image": 128, "nms_thresh": 0.5, "positive_fraction": -1}),
+        ("ohem_1to3", "OHEMLoss", {"batch_size_per_image": 128, "positive_fraction": 0.25}),
+    ],
+)
+def test_other_loss_yamls_select_their_loss(name, loss_type, settings):
+    cfg = tiny_cfg()
+    merge_config_file(cfg, os.path.join(REPO, "configs", "losses", f"{name}.yaml"))
+    loss = build_model(cfg).cls_loss
+    assert type(loss).__name__ == loss_type
+    assert {key: getattr(loss, key) for key in settings} == settings
 
 
 @pytest.mark.parametrize("config", ["retina_r50.yaml", "retina_r101.yaml"])

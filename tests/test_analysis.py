@@ -1,0 +1,93 @@
+"""The numbers behind the paper's Figures 1 and 4 (retina_plugin/analysis.py), and their PNGs."""
+import numpy as np
+import pytest
+import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.modeling import build_model
+
+from retina_plugin.analysis import collect_p_t, cumulative_normalized_loss, loss_against_p_t
+from retina_plugin.data import make_categories, register_coco_dataset, write_synthetic_coco
+
+from helpers import tiny_batch, tiny_cfg
+from test_train_net import load_tool
+
+
+def test_figure1_focal_loss_against_p_t():
+    p_t = np.array([0.1, 0.5, 0.9, 0.968, 1.0])
+    curves = loss_against_p_t(p_t, (0.0, 2.0, 5.0))
+    np.testing.assert_allclose(curves[0.0], -np.log(p_t), atol=1e-12)
+    # The paper's reading: with gamma 2, p_t = 0.9 loses 100x less than CE, 0.968 about 1000x.
+    ratio = curves[0.0][2:4] / curves[2.0][2:4]
+    np.testing.assert_allclose(ratio, [100.0, 1 / 0.032**2], rtol=1e-9)
+    assert 900 < ratio[1] < 1100
+    # Hard examples keep most of their loss; an exact prediction has none.
+    assert curves[5.0][0] > 0.5 * curves[0.0][0]
+    assert all(curve[-1] == 0 for curve in curves.values())
+
+
+def test_figure1_png(tmp_path):
+    tool = load_tool("plot_paper_figures")
+    curves = tool.figure1(str(tmp_path / "fig1.png"))
+    assert (tmp_path / "fig1.png").stat().st_size > 10_000
+    assert sorted(curves) == [0.0, 0.5, 1.0, 2.0, 5.0]
+
+
+def test_figure4_cumulative_normalized_loss():
+    p_t = np.random.default_rng(0).uniform(0.01, 1.0, 10_000)
+    x0, y0 = cumulative_normalized_loss(p_t, 0.0)
+    x2, y2 = cumulative_normalized_loss(p_t, 2.0)
+    for x, y in ((x0, y0), (x2, y2)):
+        assert x[-1] == 1 and np.isclose(y[-1], 1) and np.all(np.diff(y) >= 0)
+    # Focusing puts the loss on the hardest few: at every fraction of samples, lowest loss
+    # first, gamma 2 has accumulated less of the total than CE.
+    assert np.all(y2[:-1] <= y0[:-1] + 1e-12)
+    assert 1 - np.interp(0.9, x2, y2) > 1 - np.interp(0.9, x0, y0) + 0.1
+
+
+def test_figure4_samples_of_an_untrained_model_sit_at_the_prior():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg())  # 3 classes, PRIOR_PROB 0.01
+    batch = tiny_batch()
+    samples = collect_p_t(model, [batch], negatives_per_image=10**9)
+    model.train()
+    with torch.no_grad():
+        images = model.preprocess_image(batch)
+        features = model.backbone(images.tensor)
+        anchors = model.anchor_generator([features[f] for f in model.head_in_features])
+        gt_labels, _ = model.label_anchors(anchors, [x["instances"] for x in batch])
+    labels = torch.stack(gt_labels)
+    num_positive = int(((labels >= 0) & (labels < 3)).sum())
+    assert len(samples["positive"]) == num_positive > 0
+    assert len(samples["negative"]) == int((labels >= 0).sum()) * 3 - num_positive
+    # The prior initialisation: every class starts near p = 0.01 (the small random weights
+    # of the head move it a little).
+    assert abs(np.median(samples["positive"]) - 0.01) < 0.005
+    assert abs(np.median(samples["negative"]) - 0.99) < 0.005
+    assert samples["positive"].max() < 0.1 and samples["negative"].min() > 0.9
+    few = collect_p_t(model, [batch], negatives_per_image=50)
+    assert len(few["negative"]) == 2 * 50
+
+
+def test_figure4_png_from_a_checkpoint(tmp_path):
+    categories = make_categories(3)
+    write_synthetic_coco(tmp_path / "images", tmp_path / "val.json", categories, 2, image_size=(96, 96), sizes=(12, 40))
+    register_coco_dataset("analysis_test_val", str(tmp_path / "val.json"), str(tmp_path / "images"))
+    cfg = tiny_cfg()
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 96, 96
+    (tmp_path / "config.yaml").write_text(cfg.dump())
+    torch.manual_seed(0)
+    DetectionCheckpointer(build_model(cfg), save_dir=str(tmp_path)).save("model")
+    tool = load_tool("plot_paper_figures")
+    tool.main([
+        "fig4", "--out", str(tmp_path / "fig4.png"), "--config-file", str(tmp_path / "config.yaml"),
+        "--weights", str(tmp_path / "model.pth"), "--dataset-name", "analysis_test_val",
+        "MODEL.DEVICE", "cpu",
+    ])
+    assert (tmp_path / "fig4.png").stat().st_size > 10_000
+
+
+def test_figure4_needs_a_checkpoint():
+    tool = load_tool("plot_paper_figures")
+    with pytest.raises(SystemExit):
+        tool.main(["fig4", "--out", "unused.png"])
