@@ -35,7 +35,7 @@ def random_problem(num_anchors=200, num_classes=5, scale=3.0, seed=0, dtype=torc
     return logits, labels
 
 
-@pytest.mark.parametrize("alpha,gamma", list(VARIANTS.values()) + [(0.5, 0.5), (0.25, 5.0)])
+@pytest.mark.parametrize("alpha,gamma", list(VARIANTS.values()) + [(0.5, 0.5), (0.25, 3.0), (0.25, 5.0)])
 def test_values_and_gradients_match_the_formula(alpha, gamma):
     logits, labels = random_problem()
     ours_in = logits.clone().requires_grad_()
