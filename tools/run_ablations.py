@@ -55,7 +55,8 @@ def main(argv=None):
     else:
         results = run_grids(names, args.output_dir, base_args, args.opts, jobs=args.jobs)
     command = " ".join(["python", "tools/run_ablations.py", *sys.argv[1:]] if argv is None else argv)
-    paths = write_reports(names, results, args.output_dir, f"Measured with: `{command}`")
+    verb = "Reported from the finished cells by" if args.report_only else "Measured with"
+    paths = write_reports(names, results, args.output_dir, f"{verb}: `{command}`")
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     failed = [k for k, r in results.items() if r.status == "failed"]
