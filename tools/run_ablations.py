@@ -8,7 +8,7 @@ Run the paper's ablations (named grids of config overrides) with train_net.py an
 
 Grids (retina_plugin/ablations.py): init (CE with and without the prior initialisation),
 table1a (alpha for CE), table1b (gamma and alpha for FL), table1d (OHEM against FL),
-variants (FL*, softmax FL), headline (CE, balanced CE, FL). Each cell is one train_net.py run in OUTPUT_DIR/cells/<its
+variants (FL*, softmax FL), headline (CE, balanced CE, FL), interaction (alpha for CE and FL). Each cell is one train_net.py run in OUTPUT_DIR/cells/<its
 overrides>; finished cells are not rerun, so an interrupted command continues where it
 stopped. A cell whose loss became NaN or infinite is reported as "diverged at iteration N".
 Writes results.md, results.csv and, for table1a and table1b, AP plots beside the paper's numbers.
