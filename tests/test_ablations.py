@@ -83,7 +83,7 @@ def test_runner_trains_cells_reports_divergence_and_resumes(tmp_path, monkeypatc
     runner = load_tool("run_ablations")
     out = tmp_path / "ablations"
     args = [
-        "--grid", "tiny", "--output-dir", str(out),
+        "--grid", "tiny", "--output-dir", str(out), "--jobs", "2",  # both cells at once
         "--dataset", "abl_train", str(tmp_path / "train.json"), str(tmp_path / "train"),
         "--dataset", "abl_val", str(tmp_path / "val.json"), str(tmp_path / "val"),
         "DATASETS.TRAIN", "('abl_train',)", "DATASETS.TEST", "('abl_val',)",
