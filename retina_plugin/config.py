@@ -111,3 +111,16 @@ def _match_type(cfg, key, new_value):
     old = node[name]
     if isinstance(new_value, (list, tuple)) != isinstance(old, (list, tuple)):
         node[name] = type(new_value)(new_value) if isinstance(new_value, (list, tuple)) else float(new_value)
+
+
+def get_retina_cfg(config_file, opts=(), allow_python_tags=False):
+    """
+    A detectron2 config with the plugin's keys, `config_file` and KEY VALUE `opts` merged:
+    what the plugin's tools (demo, export, figures) start from.
+    """
+    from detectron2.config import get_cfg
+
+    cfg = add_retina_config(get_cfg())
+    merge_config_file(cfg, config_file, allow_python_tags=allow_python_tags)
+    merge_config_list(cfg, list(opts))
+    return cfg

@@ -17,14 +17,14 @@ import os
 import cv2
 import tqdm
 
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import Visualizer
 
-import retina_plugin
+import retina_plugin  # noqa: F401  (registers the plugin)
 from retina_plugin.checkpoint import SafeDetectionCheckpointer
+from retina_plugin.config import get_retina_cfg
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -123,10 +123,7 @@ def main(argv=None):
     if not args.input and not args.video_input:
         parser.error("give --input or --video-input")
 
-    cfg = get_cfg()
-    retina_plugin.add_retina_config(cfg)
-    retina_plugin.merge_config_file(cfg, args.config_file)
-    retina_plugin.merge_config_list(cfg, args.opts)
+    cfg = get_retina_cfg(args.config_file, args.opts)
     import torch
 
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():

@@ -21,19 +21,15 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import retina_plugin  # noqa: E402
 from retina_plugin.checkpoint import SafeDetectionCheckpointer  # noqa: E402
+from retina_plugin.config import get_retina_cfg  # noqa: E402
 from retina_plugin.export import export_onnx, export_program  # noqa: E402
 
 
 def build_model_from(config_file, weights, opts):
-    from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
-    cfg = get_cfg()
-    retina_plugin.add_retina_config(cfg)
-    retina_plugin.merge_config_file(cfg, config_file)
-    retina_plugin.merge_config_list(cfg, opts)
+    cfg = get_retina_cfg(config_file, opts)
     cfg.MODEL.DEVICE = "cpu"  # exported for any device; traced on the CPU
     model = build_model(cfg).eval()
     checkpointer = SafeDetectionCheckpointer(model)

@@ -78,18 +78,14 @@ def figure4(samples, path, gammas=FIGURE4_GAMMAS):
 def load_samples(args):
     import torch
 
-    from detectron2.config import get_cfg
     from detectron2.data import DatasetMapper, build_detection_test_loader
     from detectron2.data import transforms as T
     from detectron2.modeling import build_model
 
-    import retina_plugin
     from retina_plugin.checkpoint import SafeDetectionCheckpointer
+    from retina_plugin.config import get_retina_cfg
 
-    cfg = get_cfg()
-    retina_plugin.add_retina_config(cfg)
-    retina_plugin.merge_config_file(cfg, args.config_file)
-    retina_plugin.merge_config_list(cfg, args.opts)
+    cfg = get_retina_cfg(args.config_file, args.opts)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
     dataset = args.dataset_name or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)

@@ -36,6 +36,15 @@ class ClassificationLoss(nn.Module):
     # (the object anchors, for the cls_loss_background_share metric) is that subset's share.
     separable_over_anchors = True
 
+    @classmethod
+    def check_config(cls, cfg, check):
+        """
+        Call check(ok, key, value, allowed) for each key the loss reads (see
+        config.check_config_value): by default its check_values on its from_config arguments.
+        """
+        if hasattr(cls, "check_values"):
+            cls.check_values(check, **cls.from_config(cfg))
+
     def logits_per_anchor(self, num_classes: int) -> int:
         """How many logits the head predicts per anchor."""
         return num_classes

@@ -60,10 +60,6 @@ class FocalLoss(ClassificationLoss):
         check(gamma >= 0, "MODEL.RETINANET.FOCAL_LOSS_GAMMA", gamma, "use gamma >= 0 (0 is CE)")
 
     @classmethod
-    def check_config(cls, cfg, check):
-        cls.check_values(check, **cls.from_config(cfg))
-
-    @classmethod
     def from_config(cls, cfg):
         return {
             "alpha": alpha_from_config(cfg),

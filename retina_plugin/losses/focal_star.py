@@ -62,10 +62,6 @@ class FocalStarLoss(ClassificationLoss):
         check(math.isfinite(beta), "MODEL.RETINANET.FOCAL_STAR.BETA", beta, "use a finite number")
 
     @classmethod
-    def check_config(cls, cfg, check):
-        cls.check_values(check, **cls.from_config(cfg))
-
-    @classmethod
     def from_config(cls, cfg):
         return {
             "alpha": alpha_from_config(cfg),
