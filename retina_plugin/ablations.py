@@ -68,6 +68,20 @@ def focal(alpha, gamma, label=None, paper_ap=None, **more):
     return Cell(label, tuple(overrides.items()), paper_ap, (("gamma", gamma), ("alpha", alpha)))
 
 
+def focal_cells(rows):
+    """Cells of the focal loss from (gamma, alpha, the paper's AP) rows."""
+    return tuple(focal(alpha, gamma, paper_ap=ap) for gamma, alpha, ap in rows)
+
+
+def ohem(label, paper_ap, positive_fraction):
+    """The paper's OHEM cells: batch 128 per image after NMS at 0.5."""
+    return _loss(
+        "ohem", label, paper_ap,
+        **{"OHEM.BATCH_SIZE_PER_IMAGE": 128, "OHEM.NMS_THRESH": 0.5,
+           "OHEM.POSITIVE_FRACTION": positive_fraction},
+    )
+
+
 def _loss(loss_type, label, paper_ap=None, **keys):
     overrides = {RETINANET + "CLS_LOSS_TYPE": loss_type, RETINANET + "PRIOR_PROB": 0.01}
     overrides.update({RETINANET + k: v for k, v in keys.items()})
@@ -99,8 +113,8 @@ GRIDS: Dict[str, Grid] = {
     ),
     "table1a": Grid(
         "Table 1a: balanced CE, alpha",
-        tuple(
-            focal(alpha, 0, paper_ap=ap)
+        focal_cells(
+            (0, alpha, ap)
             for alpha, ap in (
                 (0.10, 0.0), (0.25, 10.8), (0.50, 30.2), (0.75, 31.1),
                 (0.90, 30.8), (0.99, 28.7), (0.999, 25.1),
@@ -110,9 +124,8 @@ GRIDS: Dict[str, Grid] = {
     ),
     "table1b": Grid(
         "Table 1b: focal loss, gamma and alpha",
-        tuple(
-            focal(alpha, gamma, paper_ap=ap)
-            for gamma, alpha, ap in (
+        focal_cells(
+            (
                 (0, 0.75, 31.1), (0.1, 0.75, 31.4), (0.2, 0.75, 31.9), (0.5, 0.50, 32.9),
                 (1, 0.25, 33.7), (2, 0.25, 34.0), (5, 0.25, 32.2),
             )
@@ -121,9 +134,8 @@ GRIDS: Dict[str, Grid] = {
     ),
     "interaction": Grid(
         "gamma and alpha together: CE and FL (gamma 2) at three alphas",
-        tuple(
-            focal(alpha, gamma, paper_ap=ap)
-            for gamma, alpha, ap in (
+        focal_cells(
+            (
                 (0, 0.25, 10.8), (0, 0.5, 30.2), (0, 0.75, 31.1),
                 (2, 0.25, 34.0), (2, 0.5, None), (2, 0.75, None),
             )
@@ -135,16 +147,8 @@ GRIDS: Dict[str, Grid] = {
     "table1d": Grid(
         "Table 1d: OHEM against focal loss",
         (
-            _loss(
-                "ohem", "OHEM, nms 0.5, batch 128", 32.8,
-                **{"OHEM.BATCH_SIZE_PER_IMAGE": 128, "OHEM.NMS_THRESH": 0.5,
-                   "OHEM.POSITIVE_FRACTION": -1.0},
-            ),
-            _loss(
-                "ohem", "OHEM 1:3, nms 0.5, batch 128", 31.1,
-                **{"OHEM.BATCH_SIZE_PER_IMAGE": 128, "OHEM.NMS_THRESH": 0.5,
-                   "OHEM.POSITIVE_FRACTION": 0.25},
-            ),
+            ohem("OHEM, nms 0.5, batch 128", 32.8, -1.0),
+            ohem("OHEM 1:3, nms 0.5, batch 128", 31.1, 0.25),
             focal(0.25, 2, "FL gamma 2, alpha 0.25", 36.0),
         ),
         note="The paper's Table 1d is R-101 (FL 36.0); its best OHEM is 32.8, OHEM 1:3 31.1.",

@@ -110,7 +110,7 @@ def _match_type(cfg, key, new_value):
         node = node[part]
     old = node[name]
     if isinstance(new_value, (list, tuple)) != isinstance(old, (list, tuple)):
-        node[name] = type(new_value)(new_value) if isinstance(new_value, (list, tuple)) else float(new_value)
+        node[name] = list(new_value) if isinstance(new_value, (list, tuple)) else float(new_value)
 
 
 def get_retina_cfg(config_file, opts=(), allow_python_tags=False):

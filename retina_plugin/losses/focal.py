@@ -7,17 +7,17 @@ from .build import CLS_LOSS_REGISTRY, ClassificationLoss
 ALPHA_KEY = "MODEL.RETINANET.FOCAL_LOSS_ALPHA"
 
 
-def check_alpha(check, alpha, num_classes, per_class=True):
+def check_alpha(check, alpha, num_classes=None, per_class=True):
     """
     Check FOCAL_LOSS_ALPHA: a weight in [0, 1] or -1 (none), or, where the loss takes one,
-    a list of num_classes weights in [0, 1], one per class.
+    a list of weights in [0, 1], one per class (num_classes of them, when given).
     """
     if isinstance(alpha, (list, tuple)):
         if not per_class:
             check(False, ALPHA_KEY, alpha, "this loss takes one number, not one per class")
             return
         check(
-            len(alpha) == num_classes and all(0 <= a <= 1 for a in alpha),
+            num_classes in (None, len(alpha)) and all(0 <= a <= 1 for a in alpha),
             ALPHA_KEY,
             alpha,
             f"give one weight in [0, 1] per class ({num_classes}, MODEL.RETINANET.NUM_CLASSES), "
@@ -27,10 +27,13 @@ def check_alpha(check, alpha, num_classes, per_class=True):
     check(alpha == -1 or 0 <= alpha <= 1, ALPHA_KEY, alpha, "use a weight in [0, 1], or -1 for no balancing")
 
 
-def alpha_from_config(cfg):
-    """FOCAL_LOSS_ALPHA as a float, or a tuple of per-class floats."""
-    alpha = cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA
+def as_alpha(alpha):
+    """An alpha as a float, or a tuple of per-class floats."""
     return tuple(float(a) for a in alpha) if isinstance(alpha, (list, tuple)) else float(alpha)
+
+
+def alpha_from_config(cfg):
+    return as_alpha(cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA)
 
 
 @CLS_LOSS_REGISTRY.register_as("focal")
@@ -45,10 +48,8 @@ class FocalLoss(ClassificationLoss):
     @configurable
     def __init__(self, *, alpha=0.25, gamma: float = 2.0, impl: str = "auto", num_classes=None):
         super().__init__()
-        if num_classes is None:
-            num_classes = len(alpha) if isinstance(alpha, (list, tuple)) else 1
         self.check_values(check_config_value, alpha, gamma, impl, num_classes)
-        self.alpha = tuple(alpha) if isinstance(alpha, (list, tuple)) else float(alpha)
+        self.alpha = as_alpha(alpha)
         self.gamma = float(gamma)
         self.impl = impl
 

@@ -7,7 +7,7 @@ from detectron2.config import configurable
 
 from ..config import check_config_value
 from .build import CLS_LOSS_REGISTRY, ClassificationLoss
-from .focal import alpha_from_config, check_alpha
+from .focal import alpha_from_config, as_alpha, check_alpha
 
 
 def sigmoid_focal_star_loss(logits, labels, alpha=0.25, gamma=2.0, beta=1.0):
@@ -43,10 +43,8 @@ class FocalStarLoss(ClassificationLoss):
     @configurable
     def __init__(self, *, alpha=0.25, gamma: float = 2.0, beta: float = 1.0, num_classes=None):
         super().__init__()
-        if num_classes is None:
-            num_classes = len(alpha) if isinstance(alpha, (list, tuple)) else 1
         self.check_values(check_config_value, alpha, gamma, beta, num_classes)
-        self.alpha = tuple(alpha) if isinstance(alpha, (list, tuple)) else float(alpha)
+        self.alpha = as_alpha(alpha)
         self.gamma = float(gamma)
         self.beta = float(beta)
 

@@ -56,7 +56,7 @@ class SoftmaxFocalLoss(ClassificationLoss):
 
     @staticmethod
     def check_values(check, alpha, gamma):
-        check_alpha(check, alpha, None, per_class=False)
+        check_alpha(check, alpha, per_class=False)
         check(gamma >= 0, "MODEL.RETINANET.FOCAL_LOSS_GAMMA", gamma, "use gamma >= 0 (0 is CE)")
 
     @classmethod
