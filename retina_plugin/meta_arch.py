@@ -14,6 +14,7 @@ from detectron2.utils.events import get_event_storage
 from .config import check_config_value
 from .validate import validate_config
 from .head import build_retina_head
+from .imbalance import negative_pairs_per_positive
 from .losses import build_cls_loss
 
 LOSS_NORMALIZERS = ("num_pos", "ema")
@@ -212,6 +213,14 @@ class FocalRetinaNet(RetinaNet):
         normalizer = self.normalizer(num_pos_anchors)
         storage = get_event_storage()
         storage.put_scalar("num_pos_anchors", num_pos_anchors / num_images)
+        if num_pos_anchors > 0:
+            # R, the imbalance the classifier sees (tools/measure_imbalance.py measures it
+            # over a whole data set): negative (anchor, class) pairs per positive pair.
+            num_neg_anchors = (gt_labels == self.num_classes).sum().item()
+            storage.put_scalar(
+                "neg_pairs_per_pos",
+                negative_pairs_per_positive(num_neg_anchors, num_pos_anchors, self.num_classes),
+            )
         storage.put_scalar("loss_normalizer", normalizer)
 
         pred_logits = cat(pred_logits, dim=1)

@@ -59,7 +59,7 @@ def test_reports_put_our_numbers_beside_the_papers(tmp_path):
     assert rows[5]["AP"] == "33.5" and rows[5]["paper_AP"] == "34.0" and rows[0]["AP"] == ""
     assert os.path.getsize(paths["table1b"]) > 10_000
     points = ablations.plot_series("table1b", results)
-    assert points["ours"] == [(1.0, 30.0, 0.25), (2.0, 33.5, 0.25), (5.0, 0.0, 0.25)]
+    assert points["ours"] == [(1.0, 30.0, 0.25, 0.0), (2.0, 33.5, 0.25, 0.0), (5.0, 0.0, 0.25, 0.0)]
     assert len(points["paper"]) == len(cells)
 
 
@@ -104,3 +104,94 @@ def test_runner_trains_cells_reports_divergence_and_resumes(tmp_path, monkeypatc
     logs = {c.key: os.path.getmtime(out / "cells" / c.key / "run.log") for c in tiny.cells}
     assert runner.main(args) == 0
     assert logs == {c.key: os.path.getmtime(out / "cells" / c.key / "run.log") for c in tiny.cells}
+
+
+def metrics_of(ap):
+    return {"AP": ap, "AP50": ap + 20, "AP75": ap - 5, "APs": 1.0, "APm": 2.0, "APl": float("nan")}
+
+
+def test_seeds_are_runs_of_their_own_first_seeds_first():
+    runs = ablations.grid_runs(["headline"], seeds=3)
+    cells = GRIDS["headline"].cells
+    assert len(runs) == 9
+    seeds = [dict(c.overrides)["SEED"] for c in runs.values()]
+    assert seeds == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert len({c.key for c in runs.values()}) == 9 and all("seed=" in k for k in runs)
+    # Without --seeds, a cell is its one run with the config's SEED, named as before.
+    assert list(ablations.grid_runs(["headline"])) == [c.key for c in cells]
+    # A cell may cap its seeds: the sweep's standard-init CE runs once.
+    sweep = ablations.grid_runs(["imbalance"], seeds=2)
+    standard = [c for c in sweep.values() if "standard init" in c.label]
+    assert len(standard) == len(ablations.SWEEP_DATA) and len(sweep) == 5 * len(ablations.SWEEP_DATA)
+
+
+def test_report_of_seeded_runs_shows_each_run_and_mean_std(tmp_path):
+    cells = GRIDS["headline"].cells
+    results = {}
+    for cell, aps in zip(cells, ([40.0, 42.0, 44.0], [30.0, 31.0, None], [35.0, 36.0, 37.0])):
+        for run, ap in zip(cell.seeded(3), aps):
+            if ap is not None:
+                results[run.key] = Result("ok", metrics_of(ap), curve=[(99, ap - 10), (199, ap)])
+    diverged = cells[1].with_seed(2)
+    results[diverged.key] = Result("diverged", iteration=7)
+    paths = write_reports(["headline"], results, str(tmp_path), "Measured with: `x`", seeds=3)
+    md = open(paths["md"]).read()
+    assert "| CE | 40.0, 42.0, 44.0 | 42.0 ± 2.0 | 62.0 ± 2.0 | 37.0 ± 2.0 | 1.0 ± 0.0 | 2.0 ± 0.0 | - | - |" in md
+    assert "| balanced CE, alpha 0.75 | 30.0, 31.0, diverged at iteration 7 | 30.5 ± 0.7 |" in md
+    rows = list(csv.DictReader(open(paths["csv"])))
+    assert len(rows) == 9 and [r["seed"] for r in rows[:3]] == ["0", "1", "2"]
+    assert rows[5]["status"] == "diverged at iteration 7" and rows[5]["AP"] == ""
+    # The AP curves: one line per cell, the mean of the seeds at each evaluation.
+    from retina_plugin.ablations.report import curves_of
+
+    assert curves_of(cells[0], results, 3) == [(99, 32.0, 2.0, 3), (199, 42.0, 2.0, 3)]
+    assert os.path.getsize(paths["headline_curves"]) > 10_000
+
+
+def test_sweep_report_puts_fl_minus_balanced_ce_against_r(tmp_path):
+    results = {}
+    for cell in GRIDS["imbalance"].cells:
+        dataset = dict(cell.params)["dataset"]
+        ratio = {"retina_shapes": 400.0, "retina_sparse": 30000.0}.get(dataset)
+        if ratio is None:
+            continue
+        for seed, run in enumerate(cell.seeded(2)):
+            if "standard init" in cell.label:
+                result = Result("diverged", iteration=3, neg_pairs_per_pos=ratio)
+            else:
+                ap = (50.0 if "balanced" in cell.label else 45.0) if ratio < 1000 else (10.0 if "balanced" in cell.label else 20.0)
+                result = Result("ok", metrics_of(ap + seed), neg_pairs_per_pos=ratio)
+            results[run.key] = result
+    points = ablations.sweep_points("imbalance", results, seeds=2)
+    assert [p["dataset"] for p in points] == [d for d, _ in ablations.SWEEP_DATA]
+    assert points[0]["R"] == 400.0 and points[0]["delta"] == (-5.0, 1.0)
+    assert points[3]["R"] == 30000.0 and points[3]["delta"] == (10.0, 1.0)
+    assert points[3]["standard_init"] == "diverged at iteration 3"
+    paths = write_reports(["imbalance"], results, str(tmp_path), seeds=2)
+    md = open(paths["md"]).read()
+    assert "| retina_sparse | 3e+04 | 10.5 ± 0.7 | 20.5 ± 0.7 | +10.0 ± 1.0 | diverged at iteration 3 |" in md
+    assert "| retina_imbalance_k12 | - | - | - | - | not run |" in md
+    assert os.path.getsize(paths["imbalance"]) > 10_000
+
+
+def test_progress_names_running_runs_their_iteration_and_an_eta(tmp_path):
+    runs = ablations.grid_runs(["headline"], seeds=2)
+    first, second, third = list(runs.values())[:3]
+    os.makedirs(tmp_path / "cells" / first.key)
+    with open(tmp_path / "cells" / first.key / "result.json", "w") as f:
+        f.write('{"status": "ok", "metrics": {"AP": 1.0}}')
+    progress = ablations.Progress(runs, str(tmp_path), jobs=2, max_iter=3000)
+    assert progress.line() == "runs done 1 of 6; ETA after the first run finishes"
+    progress.started(second)
+    os.makedirs(tmp_path / "cells" / second.key)
+    with open(tmp_path / "cells" / second.key / "metrics.json", "w") as f:
+        f.write('{"iteration": 9, "loss_cls": 1.0}\n{"iteration": 19, "loss_cls": 0.5}\n')
+    progress.started(third)
+    assert progress.line() == (
+        "runs done 1 of 6; [balanced CE, alpha 0.75, seed 0: iteration 20/3000]; "
+        "[FL gamma 2, alpha 0.25, seed 0: starting]; ETA after the first run finishes"
+    )
+    progress.finished(second, Result("ok", {"AP": 2.0}, seconds=600.0), trained=True)
+    line = progress.line()
+    assert line.startswith("runs done 2 of 6; [FL gamma 2, alpha 0.25, seed 0: starting]; ETA ")
+    assert line.endswith("(20 min)")  # 4 runs left, 600 s each, 2 at once

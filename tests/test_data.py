@@ -1,3 +1,4 @@
+import dataclasses
 import hashlib
 import json
 import os
@@ -16,6 +17,7 @@ from retina_plugin.data import (
     DatasetError,
     check_num_classes,
     make_categories,
+    make_grid_categories,
     register_coco_dataset,
     write_synthetic_coco,
 )
@@ -81,7 +83,8 @@ def test_dense_imbalanced_with_several_scales_and_empty_images(tmp_path):
 
 def test_builtin_shapes_names_resolve_and_generate_once(tmp_path, monkeypatch):
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
-    monkeypatch.setitem(builtin.SHAPE_SPLITS, "retina_shapes_val", ("val", 5, 1))
+    small = dataclasses.replace(builtin.BUILTIN_SETS["retina_shapes"], splits={"train": (5, 0), "val": (5, 1)})
+    monkeypatch.setitem(builtin.BUILTIN_SETS, "retina_shapes", small)
     assert "retina_shapes_train" in DatasetCatalog.list()
     meta = MetadataCatalog.get("retina_shapes_val")
     assert meta.thing_classes == [c["name"] for c in SHAPE_CATEGORIES]
@@ -94,6 +97,38 @@ def test_builtin_shapes_names_resolve_and_generate_once(tmp_path, monkeypatch):
     assert DatasetCatalog.get("retina_shapes_val") == dicts  # read from the cache
     assert os.path.getmtime(json_file) == mtime
     assert not [n for n in os.listdir(os.path.dirname(os.path.dirname(json_file))) if n.startswith(".")]
+
+
+@pytest.mark.parametrize("name", ["retina_sparse", "retina_imbalance_k12", "retina_imbalance_k48"])
+def test_sparse_builtin_sets_generate_their_classes_and_objects(tmp_path, monkeypatch, name):
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+    spec = builtin.BUILTIN_SETS[name]
+    monkeypatch.setitem(builtin.BUILTIN_SETS, name, dataclasses.replace(spec, splits={"train": (30, 0), "val": (4, 1)}))
+    dicts = DatasetCatalog.get(f"{name}_train")
+    assert MetadataCatalog.get(f"{name}_val").thing_classes == [c["name"] for c in spec.categories]
+    # Classes are distinct (shape, colour) pairs; the objects per image stay in their range.
+    pairs = {(c["shape"], c["color"]) for c in spec.styles}
+    assert len(pairs) == len(spec.styles)
+    per_image = [len(d["annotations"]) for d in dicts]
+    assert min(per_image) >= 1 and max(per_image) <= spec.objects[1]
+    low, _ = spec.sizes
+    assert all(min(a["bbox"][2:]) >= 0.6 * low for d in dicts for a in d["annotations"])
+    assert os.path.isfile(dicts[0]["file_name"])
+
+
+def test_grid_categories_and_new_shapes_draw(tmp_path):
+    styles = make_grid_categories(["hexagon", "star"], ["red", "blue"])
+    assert [s["name"] for s in styles] == ["red hexagon", "red star", "blue hexagon", "blue star"]
+    with pytest.raises(ValueError, match="unknown shapes or colours"):
+        make_grid_categories(["blob"], ["red"])
+    coco = write_synthetic_coco(
+        tmp_path / "images", tmp_path / "a.json", [{"id": s["id"], "name": s["name"]} for s in styles], 4,
+        objects=(3, 3), distractors=(6, 6), styles=styles, distractor_shapes=("hexagon", "star", "wedge", "half_disc"),
+        empty_prob=0.0, seed=0,
+    )
+    assert len(coco["annotations"]) == 12
+    pixels = np.asarray(Image.open(tmp_path / "images" / "000001.png"))
+    assert pixels.std() > 10
 
 
 def coco_file(folder, categories=CATEGORIES, annotations=None, **override):

@@ -230,7 +230,7 @@ def test_builtin_shapes_train_a_few_iterations(tmp_path):
         tmp_path,
     )
     assert "Generating retina_shapes_val" in log
-    assert (tmp_path / builtin.CACHE_FOLDER / "val" / "annotations.json").is_file()
+    assert (tmp_path / builtin.BUILTIN_SETS["retina_shapes"].folder / "val" / "annotations.json").is_file()
     assert (out / "model_final.pth").is_file()
 
 

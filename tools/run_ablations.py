@@ -8,9 +8,11 @@ Run the paper's ablations (named grids of config overrides) with train_net.py an
 
 Grids (retina_plugin/ablations.py): init (CE with and without the prior initialisation),
 table1a (alpha for CE), table1b (gamma and alpha for FL), table1d (OHEM against FL),
-variants (FL*, softmax FL), headline (CE, balanced CE, FL), interaction (alpha for CE and FL). Each cell is one train_net.py run in OUTPUT_DIR/cells/<its
-overrides>; finished cells are not rerun, so an interrupted command continues where it
-stopped. A cell whose loss became NaN or infinite is reported as "diverged at iteration N".
+variants (FL*, softmax FL), headline (CE, balanced CE, FL), interaction (alpha for CE and FL),
+imbalance (balanced CE against FL on data of growing imbalance, with configs/sparse.yaml).
+Each cell is one train_net.py run in OUTPUT_DIR/cells/<its overrides>; with --seeds N, N runs
+(SEED 0 .. N-1). Finished runs are not rerun, so an interrupted command continues where it
+stopped; a progress line every minute names the runs in progress and an ETA. A cell whose loss became NaN or infinite is reported as "diverged at iteration N".
 Writes results.md, results.csv and, for table1a and table1b, AP plots beside the paper's numbers.
 Trailing KEY VALUE pairs (the schedule, a data set) go to every cell; --dataset and
 --extra-config are passed through to train_net.py.
@@ -34,12 +36,17 @@ def main(argv=None):
     parser.add_argument("--output-dir", default="output/ablations")
     parser.add_argument("--jobs", type=int, default=1,
                         help="cells trained at once, each with CPU cores / jobs threads")
+    parser.add_argument("--seeds", type=int, default=None, metavar="N",
+                        help="run each cell N times, with SEED 0 .. N-1; the report shows each "
+                        "run and their mean ± std (default: once, with the config's SEED)")
     parser.add_argument("--report-only", action="store_true",
                         help="write the reports from the finished cells, train nothing")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: use 1 or more")
+    if args.seeds is not None and args.seeds < 1:
+        parser.error(f"--seeds {args.seeds}: use 1 or more")
     if len(args.opts) % 2:
         parser.error(f"config overrides come in KEY VALUE pairs, got {args.opts}")
     if not os.path.isfile(args.config_file):
@@ -50,13 +57,15 @@ def main(argv=None):
         base_args += ["--extra-config", path]
     for dataset in args.dataset:
         base_args += ["--dataset", *dataset]
-    if args.report_only:
-        results = run_grids(names, args.output_dir, base_args, args.opts, dry=True)
-    else:
-        results = run_grids(names, args.output_dir, base_args, args.opts, jobs=args.jobs)
+    opts = dict(zip(args.opts[::2], args.opts[1::2]))
+    results = run_grids(
+        names, args.output_dir, base_args, args.opts, jobs=args.jobs, dry=args.report_only,
+        seeds=args.seeds, max_iter=opts.get("SOLVER.MAX_ITER"),
+        log=lambda line: print(line, flush=True),
+    )
     command = " ".join(["python", "tools/run_ablations.py", *sys.argv[1:]] if argv is None else argv)
     verb = "Reported from the finished cells by" if args.report_only else "Measured with"
-    paths = write_reports(names, results, args.output_dir, f"{verb}: `{command}`")
+    paths = write_reports(names, results, args.output_dir, f"{verb}: `{command}`", seeds=args.seeds)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     failed = [k for k, r in results.items() if r.status == "failed"]

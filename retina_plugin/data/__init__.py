@@ -1,11 +1,12 @@
-from .builtin import SHAPE_CATEGORIES, ensure_shapes_split, register_shapes
+from .builtin import BUILTIN_SETS, SHAPE_CATEGORIES, ensure_shapes_split, register_shapes
 from .custom import DatasetError, check_num_classes, read_coco_categories, register_coco_dataset
 from .mapper import CheckedDatasetMapper
-from .synthetic import make_categories, write_synthetic_coco
+from .synthetic import make_categories, make_grid_categories, write_synthetic_coco
 
 register_shapes()
 
 __all__ = [
+    "BUILTIN_SETS",
     "SHAPE_CATEGORIES",
     "ensure_shapes_split",
     "register_shapes",
@@ -15,5 +16,6 @@ __all__ = [
     "read_coco_categories",
     "register_coco_dataset",
     "make_categories",
+    "make_grid_categories",
     "write_synthetic_coco",
 ]

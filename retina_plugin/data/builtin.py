@@ -1,31 +1,96 @@
 """
-The plugin's built-in data set, registered by `import retina_plugin` like detectron2's builtin
-ones: "retina_shapes_train" and "retina_shapes_val", dense synthetic shapes (see synthetic.py).
-The files are generated on first use under $DETECTRON2_DATASETS/retina_shapes_v1 (default
-./datasets), then read from there.
+The plugin's built-in data sets, registered by `import retina_plugin` like detectron2's builtin
+ones as "<set>_train" and "<set>_val": synthetic shapes (see synthetic.py), generated on first
+use under $DETECTRON2_DATASETS/<folder> (default ./datasets), then read from there.
+
+- retina_shapes: dense (8-30 objects per image, 6 classes), the quickstart's. About 400
+  negative (anchor, class) pairs per positive pair: far less imbalanced than COCO.
+- retina_sparse: the paper's regime (1-2 objects per image, 40 classes), about 3 x 10^4
+  negative pairs per positive, between VOC and COCO.
+- retina_imbalance_k12, _k24, _k48: the same generator with other numbers of classes and
+  objects per image, the points of the imbalance sweep (ablations.py, grid "imbalance").
+
+`tools/measure_imbalance.py` measures each set's imbalance as training sees it.
 """
 import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
+from typing import Dict, List, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-from .synthetic import make_categories, write_synthetic_coco
+from .synthetic import COLORS, MORE_SHAPES, SHAPES, make_categories, make_grid_categories, write_synthetic_coco
 
 logger = logging.getLogger(__name__)
 
-SHAPE_CATEGORIES = [{"id": c["id"], "name": c["name"]} for c in make_categories(6)]
-# Bump when the generator or the splits change, so that no stale cache is read.
-CACHE_FOLDER = "retina_shapes_v2"
-# Object sides in pixels, on 160 x 160 images: P3 to P5 of the quickstart's anchors.
-SHAPE_SIZES = (12, 64)
-# name: (split folder, number of images, seed)
-SHAPE_SPLITS = {
-    "retina_shapes_train": ("train", 1000, 0),
-    "retina_shapes_val": ("val", 100, 1),
+
+@dataclass(frozen=True)
+class SyntheticSet:
+    """A built-in data set: what write_synthetic_coco draws, and its splits."""
+
+    folder: str  # under $DETECTRON2_DATASETS; bump its version when anything here changes
+    styles: List[dict]  # one {"id", "name", "shape", "color"} per class
+    splits: Dict[str, Tuple[int, int]]  # split: (number of images, seed)
+    objects: Tuple[int, int]
+    distractors: Tuple[int, int] = (4, 12)
+    sizes: Tuple[int, int] = (12, 64)  # object sides in px: the quickstart's anchors start at 12
+    empty_prob: float = 0.0
+    distractor_shapes: Tuple[str, ...] = SHAPES
+    description: str = ""
+
+    @property
+    def categories(self):
+        return [{"id": c["id"], "name": c["name"]} for c in self.styles]
+
+
+def _grid_set(folder, num_shapes, num_colors, objects, description):
+    # Classes: the first shapes in the first colours. Distractors: a class's shape in another
+    # colour, or one of the last two shapes (never a class) in a class's colour.
+    class_shapes = (SHAPES + MORE_SHAPES[:2])[:num_shapes]
+    return SyntheticSet(
+        folder=folder,
+        styles=make_grid_categories(class_shapes, list(COLORS)[:num_colors]),
+        splits={"train": (4000, 0), "val": (500, 1)},
+        objects=objects,
+        distractors=(3, 8),
+        distractor_shapes=SHAPES + MORE_SHAPES,
+        description=description,
+    )
+
+
+BUILTIN_SETS: Dict[str, SyntheticSet] = {
+    "retina_shapes": SyntheticSet(
+        folder="retina_shapes_v2",
+        styles=make_categories(6),
+        splits={"train": (1000, 0), "val": (100, 1)},
+        objects=(8, 30),
+        empty_prob=0.05,
+        description="dense: 8-30 objects per image, 6 classes (the quickstart's)",
+    ),
+    "retina_imbalance_k12": _grid_set(
+        "retina_imbalance_k12_v1", 6, 2, (4, 10), "4-10 objects per image, 12 classes"
+    ),
+    "retina_imbalance_k24": _grid_set(
+        "retina_imbalance_k24_v1", 6, 4, (2, 4), "2-4 objects per image, 24 classes"
+    ),
+    "retina_sparse": _grid_set(
+        "retina_sparse_v1", 8, 5, (1, 2), "the paper's regime: 1-2 objects per image, 40 classes"
+    ),
+    "retina_imbalance_k48": _grid_set(
+        "retina_imbalance_k48_v1", 8, 6, (1, 1), "1 object per image, 48 classes"
+    ),
 }
+
+# Kept for the quickstart's code and tests: its classes.
+SHAPE_CATEGORIES = BUILTIN_SETS["retina_shapes"].categories
+
+
+def builtin_split_names():
+    """{registered name: (set name, split)}, e.g. "retina_sparse_val": ("retina_sparse", "val")."""
+    return {f"{name}_{split}": (name, split) for name, spec in BUILTIN_SETS.items() for split in spec.splits}
 
 
 def datasets_root():
@@ -33,9 +98,9 @@ def datasets_root():
 
 
 def shapes_split_paths(name):
-    """(json file, image folder) of a registered shapes split."""
-    split = SHAPE_SPLITS[name][0]
-    root = os.path.join(datasets_root(), CACHE_FOLDER, split)
+    """(json file, image folder) of a registered built-in split."""
+    set_name, split = builtin_split_names()[name]
+    root = os.path.join(datasets_root(), BUILTIN_SETS[set_name].folder, split)
     return os.path.join(root, "annotations.json"), os.path.join(root, "images")
 
 
@@ -44,7 +109,9 @@ def ensure_shapes_split(name):
     json_file, image_root = shapes_split_paths(name)
     if os.path.isfile(json_file):
         return json_file, image_root
-    split, num_images, seed = SHAPE_SPLITS[name]
+    set_name, split = builtin_split_names()[name]
+    spec = BUILTIN_SETS[set_name]
+    num_images, seed = spec.splits[split]
     split_root = os.path.dirname(json_file)
     logger.info(f"Generating {name} ({num_images} images) into {split_root} ...")
     os.makedirs(os.path.dirname(split_root), exist_ok=True)
@@ -55,11 +122,16 @@ def ensure_shapes_split(name):
         write_synthetic_coco(
             os.path.join(tmp, "images"),
             os.path.join(tmp, "annotations.json"),
-            SHAPE_CATEGORIES,
+            spec.categories,
             num_images,
+            objects=spec.objects,
+            distractors=spec.distractors,
+            sizes=spec.sizes,
+            empty_prob=spec.empty_prob,
             seed=seed,
-            sizes=SHAPE_SIZES,
             progress=True,
+            styles=spec.styles,
+            distractor_shapes=spec.distractor_shapes,
         )
         try:
             os.rename(tmp, split_root)
@@ -79,10 +151,11 @@ def _load_shapes(name):
 
 
 def register_shapes():
-    for name in SHAPE_SPLITS:
+    for name, (set_name, _) in builtin_split_names().items():
         if name in DatasetCatalog.list():
             continue
         DatasetCatalog.register(name, lambda name=name: _load_shapes(name))
         MetadataCatalog.get(name).set(
-            thing_classes=[c["name"] for c in SHAPE_CATEGORIES], evaluator_type="coco"
+            thing_classes=[c["name"] for c in BUILTIN_SETS[set_name].categories],
+            evaluator_type="coco",
         )

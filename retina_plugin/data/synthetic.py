@@ -17,6 +17,9 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 SHAPES = ("ellipse", "rectangle", "triangle", "diamond", "cross", "ring")
+# More shapes for data sets with more classes; the first two are classes there, the last two
+# only distractors (a wedge is a triangle upside down, a half disc half an ellipse: hard).
+MORE_SHAPES = ("hexagon", "star", "wedge", "half_disc")
 COLORS = {
     "red": (215, 50, 45),
     "green": (50, 170, 60),
@@ -40,6 +43,28 @@ def make_categories(num_classes):
     ]
 
 
+def make_grid_categories(shapes, colors):
+    """COCO categories of every (shape, colour) pair, shapes varying fastest, ids from 1."""
+    unknown = [s for s in shapes if s not in SHAPES + MORE_SHAPES] + [c for c in colors if c not in COLORS]
+    if unknown:
+        raise ValueError(f"unknown shapes or colours {unknown}")
+    pairs = [(shape, color) for color in colors for shape in shapes]
+    return [
+        {"id": i + 1, "name": f"{color} {shape}", "shape": shape, "color": color}
+        for i, (shape, color) in enumerate(pairs)
+    ]
+
+
+def _regular_polygon(cx, cy, rx, ry, corners, phase, inner=None):
+    points = []
+    steps = corners * (2 if inner else 1)
+    for k in range(steps):
+        angle = phase + 2 * math.pi * k / steps
+        scale = inner if inner and k % 2 else 1.0
+        points.append((cx + scale * rx * math.cos(angle), cy + scale * ry * math.sin(angle)))
+    return points
+
+
 def _draw_shape(draw, shape, box, fill):
     x0, y0, x1, y1 = box
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
@@ -60,6 +85,14 @@ def _draw_shape(draw, shape, box, fill):
         draw.ellipse(box, fill=fill)
         inner = (x0 + w / 4, y0 + h / 4, x1 - w / 4, y1 - h / 4)
         draw.ellipse(inner, fill=tuple(int(c * 0.45) for c in fill))
+    elif shape == "hexagon":
+        draw.polygon(_regular_polygon(cx, cy, w / 2, h / 2, 6, 0.0), fill=fill)
+    elif shape == "star":
+        draw.polygon(_regular_polygon(cx, cy, w / 2, h / 2, 5, -math.pi / 2, inner=0.45), fill=fill)
+    elif shape == "wedge":
+        draw.polygon([(x0, y0), (x1, y0), (cx, y1)], fill=fill)
+    elif shape == "half_disc":
+        draw.pieslice((x0, y0, x1, y1 + h), 180, 360, fill=fill)
     else:
         raise ValueError(f"unknown shape {shape!r}")
 
@@ -101,8 +134,11 @@ def _place(rng, sizes, height, width, taken, max_overlap=0.15, tries=30):
     return None
 
 
-def render_image(rng, categories, image_size, objects, distractors, sizes, empty_prob):
-    """One image and its annotations [(category index, [x, y, w, h])]."""
+def render_image(
+    rng, categories, image_size, objects, distractors, sizes, empty_prob, distractor_shapes=SHAPES
+):
+    """One image and its annotations [(category index, [x, y, w, h])]. Distractors are drawn
+    from `distractor_shapes` and every colour."""
     height, width = image_size
     image = _background(rng, height, width)
     draw = ImageDraw.Draw(image)
@@ -128,7 +164,7 @@ def render_image(rng, categories, image_size, objects, distractors, sizes, empty
         else:
             # A class's shape in another colour, or a class's colour on another shape.
             while True:
-                shape = SHAPES[int(rng.integers(len(SHAPES)))]
+                shape = distractor_shapes[int(rng.integers(len(distractor_shapes)))]
                 color = list(COLORS)[int(rng.integers(len(COLORS)))]
                 if (shape, color) not in pairs and (shape in class_shapes or color in class_colors):
                     break
@@ -153,13 +189,15 @@ def write_synthetic_coco(
     empty_prob=0.05,
     seed=0,
     progress=False,
+    styles=None,
+    distractor_shapes=SHAPES,
 ):
     """
     Write `num_images` PNG images into `image_dir` and their COCO annotations to `json_path`.
 
     Args:
         categories: COCO category dicts ({"id", "name"}); the i-th is drawn as the i-th of
-            make_categories()'s (shape, colour) pairs. Annotations use the given ids.
+            `styles`. Annotations use the given ids.
         image_size: (height, width) of every image.
         objects, distractors: (min, max) of each per image, both inclusive; fewer when the
             image is full.
@@ -167,18 +205,25 @@ def write_synthetic_coco(
         empty_prob: the share of images with no object and no distractor.
         seed: the same arguments and seed write the same files, byte for byte.
         progress: show a progress bar.
+        styles: one {"shape", "color"} dict per category (make_grid_categories() gives
+            them); default: make_categories()'s pairs, one shape and one colour per class.
+        distractor_shapes: the shapes distractors are drawn from (with any colour), a class's
+            shape in another colour or another shape in a class's colour, never a class.
 
     Returns:
         the COCO dict that was written.
     """
-    styles = make_categories(len(categories))
+    if styles is None:
+        styles = make_categories(len(categories))
+    if len(styles) != len(categories):
+        raise ValueError(f"{len(categories)} categories but {len(styles)} styles")
     rng = np.random.default_rng(seed)
     os.makedirs(image_dir, exist_ok=True)
     images, annotations = [], []
     for i in tqdm(range(num_images), desc="generating images", disable=not progress):
         image_id = i + 1
         image, objects_in_image = render_image(
-            rng, styles, image_size, objects, distractors, sizes, empty_prob
+            rng, styles, image_size, objects, distractors, sizes, empty_prob, distractor_shapes
         )
         file_name = f"{image_id:06d}.png"
         image.save(os.path.join(image_dir, file_name))

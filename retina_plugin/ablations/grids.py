@@ -1,0 +1,225 @@
+"""
+The paper's ablations, and the imbalance sweep, as named grids of cells: config overrides
+that train_net.py runs (runner.py) and report.py reports beside the paper's numbers.
+
+A cell's output directory is named after its overrides (its seed included), so a cell shared
+by two grids (FL with gamma 2, alpha 0.25 is in Table 1b and 1d) trains once.
+"""
+import re
+from dataclasses import dataclass, replace
+from typing import Dict, List, Optional, Tuple
+
+RETINANET = "MODEL.RETINANET."
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+# Table 1 of the paper: R-50-FPN (R-101 in 1d) trained and tested at 600 px on COCO minival.
+PAPER_SOURCE = "the paper's Table 1 (COCO minival, R-50-FPN at 600 px; R-101 in Table 1d)"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of a grid: its label, its config overrides, the paper's AP for it."""
+
+    label: str
+    overrides: Tuple[Tuple[str, object], ...]
+    paper_ap: Optional[float] = None
+    params: Tuple[Tuple[str, float], ...] = ()  # what the plots put on their axes
+    # At most this many seeds of the runner's --seeds (None: all of them).
+    max_seeds: Optional[int] = None
+
+    @property
+    def key(self) -> str:
+        """A directory name that says what the cell runs: the same overrides, the same name."""
+        parts = []
+        for name, value in sorted(self.overrides):
+            short = name.replace(RETINANET, "").lower().replace(".", "_")
+            parts.append(f"{short}={value}")
+        return re.sub(r"[^A-Za-z0-9_.=,-]", "", "__".join(parts))
+
+    def with_seed(self, seed: int) -> "Cell":
+        """The same cell trained with SEED `seed` (its own directory)."""
+        return replace(self, overrides=self.overrides + (("SEED", int(seed)),))
+
+    def seeded(self, seeds: Optional[int]) -> List["Cell"]:
+        """Its runs for the runner's --seeds (None: one run, with the config's SEED)."""
+        if seeds is None:
+            return [self]
+        count = seeds if self.max_seeds is None else min(seeds, self.max_seeds)
+        return [self.with_seed(seed) for seed in range(count)]
+
+    def opts(self) -> List[str]:
+        """The overrides as train_net.py's trailing KEY VALUE arguments."""
+        return [str(x) for name, value in self.overrides for x in (name, value)]
+
+
+@dataclass(frozen=True)
+class Grid:
+    title: str
+    cells: Tuple[Cell, ...]
+    plot: Optional[Tuple[str, str]] = None  # (x param, the param that tells series apart)
+    note: str = ""
+    # "sweep": cells differ in their data ("dataset" param); plotted as AP(FL) - AP(balanced
+    # CE) against the imbalance R that training measured.
+    kind: str = "table"
+
+
+def focal(alpha, gamma, label=None, paper_ap=None, **more):
+    alpha, gamma = float(alpha), float(gamma)  # yacs refuses an int for a float key
+    overrides = {
+        RETINANET + "CLS_LOSS_TYPE": "focal",
+        RETINANET + "FOCAL_LOSS_ALPHA": alpha,
+        RETINANET + "FOCAL_LOSS_GAMMA": gamma,
+        RETINANET + "PRIOR_PROB": 0.01,
+        **{RETINANET + k: v for k, v in more.items()},
+    }
+    name = "CE" if gamma == 0 else "FL"
+    label = label or f"{name} gamma {gamma:g}, alpha {alpha:g}"
+    return Cell(label, tuple(overrides.items()), paper_ap, (("gamma", gamma), ("alpha", alpha)))
+
+
+def focal_cells(rows):
+    """Cells of the focal loss from (gamma, alpha, the paper's AP) rows."""
+    return tuple(focal(alpha, gamma, paper_ap=ap) for gamma, alpha, ap in rows)
+
+
+def ohem(label, paper_ap, positive_fraction):
+    """The paper's OHEM cells: batch 128 per image after NMS at 0.5."""
+    return _loss(
+        "ohem", label, paper_ap,
+        **{"OHEM.BATCH_SIZE_PER_IMAGE": 128, "OHEM.NMS_THRESH": 0.5,
+           "OHEM.POSITIVE_FRACTION": positive_fraction},
+    )
+
+
+def _loss(loss_type, label, paper_ap=None, **keys):
+    overrides = {RETINANET + "CLS_LOSS_TYPE": loss_type, RETINANET + "PRIOR_PROB": 0.01}
+    overrides.update({RETINANET + k: v for k, v in keys.items()})
+    return Cell(label, tuple(overrides.items()), paper_ap)
+
+
+NO_CLIPPING = (("SOLVER.CLIP_GRADIENTS.ENABLED", False),)
+
+# The imbalance sweep's data: built-in sets (retina_plugin/data/builtin.py) that differ only in
+# objects per image and classes, all 160 px: (name, classes). R grows from about 4 x 10^2 to
+# 5 x 10^4 (tools/measure_imbalance.py).
+SWEEP_DATA = (
+    ("retina_shapes", 6),
+    ("retina_imbalance_k12", 12),
+    ("retina_imbalance_k24", 24),
+    ("retina_sparse", 40),
+    ("retina_imbalance_k48", 48),
+)
+
+
+def on_data(cell: Cell, dataset: str, num_classes: int, **cell_fields) -> Cell:
+    """`cell` trained and evaluated on the built-in set `dataset` (its train and val splits)."""
+    data = (
+        ("DATASETS.TRAIN", f"('{dataset}_train',)"),
+        ("DATASETS.TEST", f"('{dataset}_val',)"),
+        (RETINANET + "NUM_CLASSES", num_classes),
+    )
+    params = cell.params + (("dataset", dataset),)
+    return replace(cell, overrides=data + cell.overrides, params=params, **cell_fields)
+
+
+def sweep_cells():
+    cells = []
+    for dataset, num_classes in SWEEP_DATA:
+        cells.append(on_data(focal(0.75, 0, "balanced CE, alpha 0.75"), dataset, num_classes))
+        cells.append(on_data(focal(0.25, 2, "FL gamma 2, alpha 0.25"), dataset, num_classes))
+        # Standard initialisation, no clipping: where does it start to fail? One seed is enough.
+        standard = focal(-1, 0, "CE, standard init", PRIOR_PROB=0.5)
+        cells.append(
+            on_data(replace(standard, overrides=standard.overrides + NO_CLIPPING), dataset, num_classes, max_seeds=1)
+        )
+    return tuple(replace(c, label=f"{dict(c.params)['dataset']}: {c.label}") for c in cells)
+
+
+GRIDS: Dict[str, Grid] = {
+    "init": Grid(
+        "Initialisation: CE with and without the prior on the class bias",
+        tuple(
+            # Without gradient clipping, as the paper: clipping would hide a divergence.
+            Cell(c.label, c.overrides + NO_CLIPPING)
+            for c in (
+                focal(-1, 0, "CE, standard init (bias 0: pi = 0.5)", PRIOR_PROB=0.5),
+                focal(-1, 0, "CE, prior init (pi = 0.01)"),
+            )
+        ),
+        note="The paper: CE with the standard initialisation diverges; with pi = 0.01 it "
+        "trains. Both cells without gradient clipping, as the paper.",
+    ),
+    "headline": Grid(
+        "CE, balanced CE and focal loss: the paper's main comparison",
+        (
+            focal(-1, 0, "CE"),
+            focal(0.75, 0, "balanced CE, alpha 0.75", 31.1),
+            focal(0.25, 2, "FL gamma 2, alpha 0.25", 34.0),
+        ),
+        note="The paper: FL beats the best balanced CE by about 3 AP (Table 1a/b).",
+    ),
+    "table1a": Grid(
+        "Table 1a: balanced CE, alpha",
+        focal_cells(
+            (0, alpha, ap)
+            for alpha, ap in (
+                (0.10, 0.0), (0.25, 10.8), (0.50, 30.2), (0.75, 31.1),
+                (0.90, 30.8), (0.99, 28.7), (0.999, 25.1),
+            )
+        ),
+        plot=("alpha", "gamma"),
+    ),
+    "table1b": Grid(
+        "Table 1b: focal loss, gamma and alpha",
+        focal_cells(
+            (
+                (0, 0.75, 31.1), (0.1, 0.75, 31.4), (0.2, 0.75, 31.9), (0.5, 0.50, 32.9),
+                (1, 0.25, 33.7), (2, 0.25, 34.0), (5, 0.25, 32.2),
+            )
+        ),
+        plot=("gamma", "alpha"),
+    ),
+    "interaction": Grid(
+        "gamma and alpha together: CE and FL (gamma 2) at three alphas",
+        focal_cells(
+            (
+                (0, 0.25, 10.8), (0, 0.5, 30.2), (0, 0.75, 31.1),
+                (2, 0.25, 34.0), (2, 0.5, None), (2, 0.75, None),
+            )
+        ),
+        plot=("alpha", "gamma"),
+        note="The paper: gamma and alpha interact; the best alpha is lower with a higher gamma "
+        "(0.75 for CE, 0.25 for FL with gamma 2).",
+    ),
+    "table1d": Grid(
+        "Table 1d: OHEM against focal loss",
+        (
+            ohem("OHEM, nms 0.5, batch 128", 32.8, -1.0),
+            ohem("OHEM 1:3, nms 0.5, batch 128", 31.1, 0.25),
+            focal(0.25, 2, "FL gamma 2, alpha 0.25", 36.0),
+        ),
+        note="The paper's Table 1d is R-101 (FL 36.0); its best OHEM is 32.8, OHEM 1:3 31.1.",
+    ),
+    "variants": Grid(
+        "FL* (appendix A) and softmax focal loss against FL",
+        (
+            _loss("focal_star", "FL*, gamma 2, beta 1", 33.8,
+                  **{"FOCAL_LOSS_ALPHA": 0.25, "FOCAL_STAR.GAMMA": 2.0, "FOCAL_STAR.BETA": 1.0}),
+            _loss("focal_star", "FL*, gamma 4, beta 0", 33.9,
+                  **{"FOCAL_LOSS_ALPHA": 0.25, "FOCAL_STAR.GAMMA": 4.0, "FOCAL_STAR.BETA": 0.0}),
+            _loss("softmax_focal", "softmax FL, gamma 2, alpha 0.25", None,
+                  **{"FOCAL_LOSS_ALPHA": 0.25, "FOCAL_LOSS_GAMMA": 2.0}),
+            focal(0.25, 2, "FL gamma 2, alpha 0.25", 34.0),
+        ),
+        note="The paper reports FL* in its appendix A (33.8 and 33.9 AP against FL's 34.0) "
+        "and no softmax-FL number.",
+    ),
+    "imbalance": Grid(
+        "The imbalance sweep: balanced CE against FL as the data grows more imbalanced",
+        sweep_cells(),
+        note="Only the data changes: objects per image and classes (retina_plugin/data/"
+        "builtin.py), so R, the negative (anchor, class) pairs per positive pair, grows about "
+        "100x. The standard-initialisation CE cells (no clipping, one seed) show from which R "
+        "it fails. Run with configs/sparse.yaml.",
+        kind="sweep",
+    ),
+}

@@ -1,0 +1,255 @@
+"""
+Reports of grids' results: results.md (one row per cell: each seed's AP and their mean and
+standard deviation, beside the paper's AP), results.csv (one row per run) and PNG plots: AP
+against a parameter with error bars, the AP curves of the periodic evaluations, and for the
+imbalance sweep AP(FL) - AP(balanced CE) against R.
+"""
+import csv
+import math
+import os
+import statistics
+from typing import Dict, List, Optional
+
+from .grids import GRIDS, METRICS, PAPER_SOURCE, Cell
+from .runner import Result
+
+
+def format_ap(result: Optional[Result], metric="AP") -> str:
+    if result is None:
+        return "not run"
+    if result.status != "ok":
+        return result.describe()
+    value = result.metrics.get(metric, float("nan"))
+    text = "-" if value != value else f"{value:.1f}"
+    return f"{text} ({result.note})" if result.note and metric == "AP" else text
+
+
+def cell_runs(cell: Cell, results: Dict[str, Result], seeds=None) -> List[Optional[Result]]:
+    """The results of a cell's runs (None for a run not finished), in seed order."""
+    return [results.get(run.key) for run in cell.seeded(seeds)]
+
+
+def mean_std(values):
+    """(mean, sample standard deviation) of the finite values; std 0 for one value; NaNs if none."""
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return math.nan, math.nan
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(runs: List[Optional[Result]], metric="AP"):
+    """(mean, std, number of finished ok runs) of a metric over a cell's runs."""
+    values = [r.metrics.get(metric) for r in runs if r is not None and r.status == "ok"]
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    mean, std = mean_std(values)
+    return mean, std, len(values)
+
+
+def format_mean(mean, std, count) -> str:
+    if count == 0:
+        return "-"
+    return f"{mean:.1f}" if count == 1 else f"{mean:.1f} ± {std:.1f}"
+
+
+def write_reports(names, results, out_dir, title_note="", seeds=None):
+    """results.md, results.csv and the PNG plots in out_dir; return their paths."""
+    rows, md = [], [f"# Ablations\n\n{title_note}".rstrip() + "\n"]
+    for name in names:
+        grid = GRIDS[name]
+        md.append(f"## {name}: {grid.title}\n")
+        if grid.note:
+            md.append(grid.note + "\n")
+        if seeds is None:
+            md.append("| cell | AP | AP50 | AP75 | APs | APm | APl | paper's AP |")
+            md.append("|---|---|---|---|---|---|---|---|")
+        else:
+            md.append("| cell | AP, each seed | AP mean ± std | AP50 | AP75 | APs | APm | APl | paper's AP |")
+            md.append("|---|---|---|---|---|---|---|---|---|")
+        for cell in grid.cells:
+            runs = cell_runs(cell, results, seeds)
+            paper = "-" if cell.paper_ap is None else f"{cell.paper_ap:.1f}"
+            if seeds is None:
+                result = runs[0]
+                ours = [format_ap(result, m) for m in METRICS]
+                if result is not None and result.status != "ok":
+                    ours = [ours[0]] + [""] * (len(METRICS) - 1)
+            else:
+                each = ", ".join(format_ap(r) for r in runs)
+                ours = [each] + [format_mean(*summarize(runs, m)) for m in METRICS]
+            md.append(f"| {cell.label} | " + " | ".join(ours) + f" | {paper} |")
+            for run, result in zip(cell.seeded(seeds), runs):
+                row = {"grid": name, "cell": cell.label, "seed": dict(run.overrides).get("SEED", ""), "dir": run.key}
+                row["status"] = "not run" if result is None else result.describe()
+                ok = result is not None and result.status == "ok"
+                for metric in METRICS:
+                    row[metric] = result.metrics.get(metric, "") if ok else ""
+                row["neg_pairs_per_pos"] = "" if result is None or result.neg_pairs_per_pos is None else result.neg_pairs_per_pos
+                row["paper_AP"] = "" if cell.paper_ap is None else cell.paper_ap
+                rows.append(row)
+        md.append("")
+        if grid.kind == "sweep":
+            md += sweep_table(name, results, seeds)
+    md.append(f"paper's AP: {PAPER_SOURCE}, for reference; not measured here.\n")
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {"md": os.path.join(out_dir, "results.md"), "csv": os.path.join(out_dir, "results.csv")}
+    with open(paths["md"], "w") as f:
+        f.write("\n".join(md))
+    with open(paths["csv"], "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["grid"])
+        writer.writeheader()
+        writer.writerows(rows)
+    for name in names:
+        grid = GRIDS[name]
+        if grid.plot:
+            paths[name] = plot_grid(name, results, os.path.join(out_dir, f"{name}.png"), seeds)
+        if grid.kind == "sweep":
+            paths[name] = plot_sweep(name, results, os.path.join(out_dir, f"{name}.png"), seeds)
+        if any(r is not None and r.curve for c in grid.cells for r in cell_runs(c, results, seeds)):
+            paths[f"{name}_curves"] = plot_curves(name, results, os.path.join(out_dir, f"{name}_curves.png"), seeds)
+    return paths
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_series(name, results, seeds=None):
+    """{"ours"|"paper": [(x, y, series value, y's std)]} of a plotted grid; cells without a
+    finished run left out."""
+    x_param, series_param = GRIDS[name].plot
+    points = {"ours": [], "paper": []}
+    for cell in GRIDS[name].cells:
+        params = dict(cell.params)
+        mean, std, count = summarize(cell_runs(cell, results, seeds))
+        if count:
+            points["ours"].append((params[x_param], mean, params[series_param], std))
+        if cell.paper_ap is not None:
+            points["paper"].append((params[x_param], cell.paper_ap, params[series_param], 0.0))
+    return points
+
+
+def plot_grid(name, results, path, seeds=None):
+    plt = _pyplot()
+    x_param, series_param = GRIDS[name].plot
+    points = plot_series(name, results, seeds)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    series = sorted({p[2] for source in points.values() for p in source})
+    colors = {value: f"C{i}" for i, value in enumerate(series)}
+    for source, style in (("ours", "o-"), ("paper", "s--")):
+        for value in series:
+            pts = sorted(p for p in points[source] if p[2] == value)
+            if pts:
+                who = "measured here" if source == "ours" else "the paper (COCO, R-50)"
+                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[3] for p in pts],
+                            fmt=style, color=colors[value], capsize=3,
+                            label=f"{who}, {series_param} {value:g}")
+    if x_param == "alpha":
+        ax.set_xscale("logit")
+    ax.set_xlabel(x_param)
+    ax.set_ylabel("bbox AP" + (" (mean ± std over seeds)" if seeds and seeds > 1 else ""))
+    ax.set_title(GRIDS[name].title, fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def curves_of(cell: Cell, results, seeds=None):
+    """[(iteration, mean AP, std, runs)] over the cell's runs with a curve, per evaluated iteration."""
+    by_iteration: Dict[int, list] = {}
+    for result in cell_runs(cell, results, seeds):
+        if result is not None:
+            for iteration, ap in result.curve:
+                by_iteration.setdefault(iteration, []).append(ap)
+    return [(it, *mean_std(aps), len(aps)) for it, aps in sorted(by_iteration.items())]
+
+
+def plot_curves(name, results, path, seeds=None):
+    """AP of the periodic evaluations against the iteration, one line per cell, mean ± std."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for i, cell in enumerate(GRIDS[name].cells):
+        points = curves_of(cell, results, seeds)
+        if points:
+            ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
+                        fmt="o-", color=f"C{i % 10}", capsize=2, markersize=3, label=cell.label)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("bbox AP" + (" (mean ± std over seeds)" if seeds and seeds > 1 else ""))
+    ax.set_title(f"{GRIDS[name].title}: AP during training", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def sweep_points(name, results, seeds=None):
+    """
+    Per data set of a sweep grid, in the grid's order: {"dataset", "R" (median R that its runs
+    logged), "fl": (mean, std, n), "bce": (mean, std, n), "delta": (AP(FL) - AP(balanced CE),
+    its std), "standard_init": the standard-initialisation CE's outcome}.
+    """
+    points = []
+    for cell in GRIDS[name].cells:
+        dataset = dict(cell.params)["dataset"]
+        if not points or points[-1]["dataset"] != dataset:
+            points.append({"dataset": dataset, "ratios": []})
+        point, runs = points[-1], cell_runs(cell, results, seeds)
+        point["ratios"] += [r.neg_pairs_per_pos for r in runs if r is not None and r.neg_pairs_per_pos]
+        if "FL gamma" in cell.label:
+            point["fl"] = summarize(runs)
+        elif "standard init" in cell.label:
+            point["standard_init"] = "; ".join(format_ap(r) for r in runs)
+        else:
+            point["bce"] = summarize(runs)
+    for point in points:
+        point["R"] = statistics.median(point.pop("ratios")) if point.get("ratios") else math.nan
+        (fl, fl_std, fl_n), (bce, bce_std, bce_n) = point.get("fl", (math.nan,) * 3), point.get("bce", (math.nan,) * 3)
+        point["delta"] = (fl - bce, math.hypot(fl_std, bce_std)) if fl_n and bce_n else (math.nan, math.nan)
+    return points
+
+
+def sweep_table(name, results, seeds=None) -> List[str]:
+    lines = [
+        "| data set | R (training's median) | balanced CE AP | FL AP | AP(FL) - AP(balanced CE) | CE, standard init |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in sweep_points(name, results, seeds):
+        bce, fl = p.get("bce", (math.nan, math.nan, 0)), p.get("fl", (math.nan, math.nan, 0))
+        delta = "-" if p["delta"][0] != p["delta"][0] else f"{p['delta'][0]:+.1f} ± {p['delta'][1]:.1f}"
+        ratio = "-" if p["R"] != p["R"] else f"{p['R']:.3g}"
+        lines.append(
+            f"| {p['dataset']} | {ratio} | {format_mean(*bce)} | {format_mean(*fl)} | {delta} | {p.get('standard_init', '-')} |"
+        )
+    return lines + [""]
+
+
+def plot_sweep(name, results, path, seeds=None):
+    """AP(FL) - AP(balanced CE) against R (log axis), error bars from the seeds' spread."""
+    plt = _pyplot()
+    points = [p for p in sweep_points(name, results, seeds) if p["delta"][0] == p["delta"][0] and p["R"] == p["R"]]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if points:
+        ax.errorbar([p["R"] for p in points], [p["delta"][0] for p in points], yerr=[p["delta"][1] for p in points],
+                    fmt="o-", capsize=3, label="measured here")
+        for p in points:
+            ax.annotate(p["dataset"].replace("retina_", ""), (p["R"], p["delta"][0]), fontsize=6,
+                        textcoords="offset points", xytext=(4, 4))
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("R: negative (anchor, class) pairs per positive pair")
+    ax.set_ylabel("AP(FL 0.25, 2) - AP(balanced CE 0.75)")
+    ax.set_title(GRIDS[name].title, fontsize=8)
+    ax.grid(True, alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,238 @@
+"""
+Runs the cells of grids with train_net.py, one process per cell (and per seed), in
+OUTPUT_DIR/cells/<the cell's overrides>. A finished cell (its result.json written) is never
+rerun, so an interrupted run continues where it stopped; the cell in progress resumes from its
+last checkpoint. While cells run, a progress line says how many are done, which run now and at
+which iteration, and when all should be done.
+"""
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+from .grids import GRIDS, METRICS, Cell
+
+
+@dataclass
+class Result:
+    status: str  # "ok", "diverged" or "failed"
+    metrics: Dict[str, float] = field(default_factory=dict)
+    iteration: Optional[int] = None  # where a diverged run stopped
+    log: str = ""
+    note: str = ""
+    # [(iteration, AP)] of the periodic evaluations, the last one included.
+    curve: List[Tuple[int, float]] = field(default_factory=list)
+    # The median over iterations of R (negative pairs per positive pair) training logged.
+    neg_pairs_per_pos: Optional[float] = None
+    seconds: Optional[float] = None  # wall time of the run that finished the cell
+
+    def __post_init__(self):
+        self.curve = [tuple(point) for point in self.curve]
+        values = [self.metrics.get(m, float("nan")) for m in METRICS]
+        if self.status == "ok" and all(v != v for v in values):
+            # COCOEvaluator reports NaN for everything when a model detects nothing; against
+            # ground truth that is an AP of 0 (the paper's 0.0 for CE at alpha 0.1).
+            self.metrics = {m: (float("nan") if m == "APl" else 0.0) for m in METRICS}
+            self.note = "no detections"
+
+    def describe(self) -> str:
+        if self.status == "diverged":
+            return f"diverged at iteration {self.iteration}"
+        if self.status == "failed":
+            return f"failed (see {self.log})"
+        return "ok"
+
+
+DIVERGED = re.compile(r"Loss became infinite or NaN at iteration=(\d+)")
+
+
+def read_metrics(output_dir) -> List[dict]:
+    """The records of an OUTPUT_DIR's metrics.json; a resumed run's repeat of an iteration
+    replaces the earlier record of it."""
+    path = os.path.join(output_dir, "metrics.json")
+    by_iteration = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                try:
+                    record = json.loads(line) if line else None
+                except json.JSONDecodeError:  # a line cut short by a kill
+                    record = None
+                if record is not None:
+                    key = (record.get("iteration", -1), "bbox/AP" in record)
+                    by_iteration[key] = {**by_iteration.get(key, {}), **record}
+    return [by_iteration[k] for k in sorted(by_iteration)]
+
+
+def summarize_metrics(records: List[dict]):
+    """(final bbox metrics {AP: ...}, [(iteration, AP)], median of neg_pairs_per_pos)."""
+    evaluations = [r for r in records if "bbox/AP" in r]
+    final = {m: evaluations[-1].get(f"bbox/{m}", float("nan")) for m in METRICS} if evaluations else {}
+    curve = [(int(r.get("iteration", 0)), r["bbox/AP"]) for r in evaluations]
+    ratios = [r["neg_pairs_per_pos"] for r in records if "neg_pairs_per_pos" in r]
+    return final, curve, (statistics.median(ratios) if ratios else None)
+
+
+def last_iteration(output_dir) -> Optional[int]:
+    """The last training iteration an OUTPUT_DIR's metrics.json has (its progress)."""
+    path = os.path.join(output_dir, "metrics.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        f.seek(max(0, os.path.getsize(path) - 4096))
+        lines = f.read().decode(errors="ignore").strip().splitlines()
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line)["iteration"])
+        except (ValueError, KeyError):
+            continue
+    return None
+
+
+def cell_dir(cell: Cell, out_dir) -> str:
+    return os.path.join(out_dir, "cells", cell.key)
+
+
+def run_cell(cell: Cell, out_dir, base_args: List[str], extra_opts: List[str], threads=None):
+    """Train and evaluate one cell with train_net.py (unless done before); return its Result."""
+    done = finished_result(cell, out_dir)
+    if done is not None:
+        return done
+    directory = cell_dir(cell, out_dir)
+    os.makedirs(directory, exist_ok=True)
+    log_file = os.path.join(directory, "run.log")
+    train_net = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "train_net.py")
+    # The cell's own overrides last: they win over the command line's.
+    cmd = [sys.executable, train_net, *base_args, "--resume", "OUTPUT_DIR", directory]
+    cmd += list(extra_opts) + cell.opts()
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    start = time.time()
+    with open(log_file, "w") as log:
+        log.write(" ".join(cmd) + "\n")
+        log.flush()
+        returncode = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    with open(log_file) as f:
+        text = f.read()
+    diverged = DIVERGED.search(text)
+    metrics, curve, ratio = summarize_metrics(read_metrics(directory))
+    seconds = round(time.time() - start, 1)
+    if returncode == 0 and metrics:
+        result = Result("ok", metrics, curve=curve, neg_pairs_per_pos=ratio, seconds=seconds)
+    elif diverged:
+        result = Result("diverged", iteration=int(diverged.group(1)), curve=curve,
+                        neg_pairs_per_pos=ratio, seconds=seconds)
+    else:
+        # Not written to result.json: a failure (a killed process, a bad path) is rerun.
+        return Result("failed", log=log_file)
+    with open(os.path.join(directory, "result.json"), "w") as f:
+        json.dump(result.__dict__, f)
+    return result
+
+
+def finished_result(cell: Cell, out_dir) -> Optional[Result]:
+    """The Result of a cell finished before, or None."""
+    result_file = os.path.join(cell_dir(cell, out_dir), "result.json")
+    if not os.path.isfile(result_file):
+        return None
+    with open(result_file) as f:
+        return Result(**json.load(f))
+
+
+def grid_runs(names, seeds=None) -> Dict[str, Cell]:
+    """{key: cell} of every distinct run of the named grids, each seed its own run: every
+    cell's first seed first, so that an unfinished run of the grids already compares them all."""
+    per_cell = [cell.seeded(seeds) for name in names for cell in GRIDS[name].cells]
+    runs = {}
+    for index in range(max((len(c) for c in per_cell), default=0)):
+        for cell_runs in per_cell:
+            if index < len(cell_runs):
+                runs.setdefault(cell_runs[index].key, cell_runs[index])
+    return runs
+
+
+class Progress:
+    """Which runs are done, which are running and where, and an ETA from the finished ones."""
+
+    def __init__(self, runs: Dict[str, Cell], out_dir, jobs, max_iter=None, log=print):
+        self.total, self.out_dir, self.jobs, self.max_iter, self.log = len(runs), out_dir, jobs, max_iter, log
+        self.done_before = sum(finished_result(c, out_dir) is not None for c in runs.values())
+        self.finished_now: List[float] = []
+        self.running: Dict[str, Cell] = {}
+        self.lock = threading.Lock()
+
+    def started(self, cell):
+        with self.lock:
+            self.running[cell.key] = cell
+
+    def finished(self, cell, result: Result, trained: bool):
+        with self.lock:
+            self.running.pop(cell.key, None)
+            if trained and result.seconds:
+                self.finished_now.append(result.seconds)
+
+    def line(self) -> str:
+        with self.lock:
+            done = self.done_before + len(self.finished_now)
+            parts = [f"runs done {done} of {self.total}"]
+            for cell in self.running.values():
+                seed = dict(cell.overrides).get("SEED")
+                at = last_iteration(cell_dir(cell, self.out_dir))
+                where = "starting" if at is None else f"iteration {at + 1}" + (f"/{self.max_iter}" if self.max_iter else "")
+                parts.append(f"[{cell.label}" + (f", seed {seed}" if seed is not None else "") + f": {where}]")
+            left = self.total - done
+            if self.finished_now and left:
+                eta = statistics.mean(self.finished_now) * left / self.jobs
+                parts.append(f"ETA {time.strftime('%H:%M', time.localtime(time.time() + eta))} ({eta / 60:.0f} min)")
+            elif left:
+                parts.append("ETA after the first run finishes")
+        return "; ".join(parts)
+
+
+def run_grids(names, out_dir, base_args, extra_opts=(), jobs=1, log=print, dry=False, seeds=None,
+              progress_every=60.0, max_iter=None):
+    """
+    Run every run of the named grids (each distinct cell and seed once, finished ones not
+    again); return {run key: Result}. With `dry`, only collect the finished runs' results.
+    `seeds`: each cell runs with SEED 0 .. seeds - 1 (None: once, with the config's SEED).
+    """
+    runs = grid_runs(names, seeds)
+    if dry:
+        found = {key: finished_result(cell, out_dir) for key, cell in runs.items()}
+        return {key: result for key, result in found.items() if result is not None}
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    progress = Progress(runs, out_dir, jobs, max_iter, log)
+    stop = threading.Event()
+
+    def report_progress():
+        while not stop.wait(progress_every):
+            log(progress.line())
+
+    def one(cell):
+        trained = finished_result(cell, out_dir) is None
+        progress.started(cell)
+        result = run_cell(cell, out_dir, base_args, list(extra_opts), threads if jobs > 1 else None)
+        progress.finished(cell, result, trained)
+        seed = dict(cell.overrides).get("SEED")
+        name = cell.label + (f" (seed {seed})" if seed is not None else "")
+        from .report import format_ap
+
+        log(f"{name}: {result.describe()} {format_ap(result)}; {progress.line()}")
+        return cell.key, result
+
+    watcher = threading.Thread(target=report_progress, daemon=True)
+    watcher.start()
+    try:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            return dict(pool.map(one, runs.values()))
+    finally:
+        stop.set()
