@@ -99,7 +99,7 @@ def test_builtin_shapes_names_resolve_and_generate_once(tmp_path, monkeypatch):
     assert not [n for n in os.listdir(os.path.dirname(os.path.dirname(json_file))) if n.startswith(".")]
 
 
-@pytest.mark.parametrize("name", ["retina_sparse", "retina_imbalance_k12", "retina_imbalance_k48"])
+@pytest.mark.parametrize("name", ["retina_sparse", "retina_imbalance_k12", "retina_imbalance_k48_single"])
 def test_sparse_builtin_sets_generate_their_classes_and_objects(tmp_path, monkeypatch, name):
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
     spec = builtin.BUILTIN_SETS[name]

@@ -105,8 +105,8 @@ SWEEP_DATA = (
     ("retina_shapes", 6),
     ("retina_imbalance_k12", 12),
     ("retina_imbalance_k24", 24),
-    ("retina_sparse", 40),
-    ("retina_imbalance_k48", 48),
+    ("retina_sparse", 48),
+    ("retina_imbalance_k48_single", 48),
 )
 
 

@@ -5,10 +5,10 @@ use under $DETECTRON2_DATASETS/<folder> (default ./datasets), then read from the
 
 - retina_shapes: dense (8-30 objects per image, 6 classes), the quickstart's. About 400
   negative (anchor, class) pairs per positive pair: far less imbalanced than COCO.
-- retina_sparse: the paper's regime (1-2 objects per image, 40 classes), about 3 x 10^4
+- retina_sparse: the paper's regime (1-3 objects per image, 48 classes), about 2.5 x 10^4
   negative pairs per positive, between VOC and COCO.
-- retina_imbalance_k12, _k24, _k48: the same generator with other numbers of classes and
-  objects per image, the points of the imbalance sweep (ablations.py, grid "imbalance").
+- retina_imbalance_k12, _k24, _k48_single: the same generator with other numbers of classes
+  and objects per image, the points of the imbalance sweep (ablations, grid "imbalance").
 
 `tools/measure_imbalance.py` measures each set's imbalance as training sees it.
 """
@@ -46,16 +46,18 @@ class SyntheticSet:
         return [{"id": c["id"], "name": c["name"]} for c in self.styles]
 
 
-def _grid_set(folder, num_shapes, num_colors, objects, description):
-    # Classes: the first shapes in the first colours. Distractors: a class's shape in another
-    # colour, or one of the last two shapes (never a class) in a class's colour.
-    class_shapes = (SHAPES + MORE_SHAPES[:2])[:num_shapes]
+def _grid_set(folder, num_colors, objects, description):
+    # Classes: the six shapes of the quickstart in the first colours, so that a detector can
+    # learn shapes and colours from every class that has them (a usable AP in minutes despite
+    # the few objects). Distractors: a class's shape in another colour, or one of the other
+    # four shapes (never a class; each close to a class's shape) in a class's colour.
     return SyntheticSet(
         folder=folder,
-        styles=make_grid_categories(class_shapes, list(COLORS)[:num_colors]),
+        styles=make_grid_categories(SHAPES, list(COLORS)[:num_colors]),
         splits={"train": (4000, 0), "val": (500, 1)},
         objects=objects,
-        distractors=(3, 8),
+        distractors=(2, 5),
+        sizes=(16, 64),
         distractor_shapes=SHAPES + MORE_SHAPES,
         description=description,
     )
@@ -70,17 +72,13 @@ BUILTIN_SETS: Dict[str, SyntheticSet] = {
         empty_prob=0.05,
         description="dense: 8-30 objects per image, 6 classes (the quickstart's)",
     ),
-    "retina_imbalance_k12": _grid_set(
-        "retina_imbalance_k12_v1", 6, 2, (4, 10), "4-10 objects per image, 12 classes"
-    ),
-    "retina_imbalance_k24": _grid_set(
-        "retina_imbalance_k24_v1", 6, 4, (2, 4), "2-4 objects per image, 24 classes"
-    ),
+    "retina_imbalance_k12": _grid_set("retina_imbalance_k12_v2", 2, (4, 10), "4-10 objects per image, 12 classes"),
+    "retina_imbalance_k24": _grid_set("retina_imbalance_k24_v2", 4, (2, 4), "2-4 objects per image, 24 classes"),
     "retina_sparse": _grid_set(
-        "retina_sparse_v1", 8, 5, (1, 2), "the paper's regime: 1-2 objects per image, 40 classes"
+        "retina_sparse_v2", 8, (1, 3), "the paper's regime: 1-3 objects per image, 48 classes"
     ),
-    "retina_imbalance_k48": _grid_set(
-        "retina_imbalance_k48_v1", 8, 6, (1, 1), "1 object per image, 48 classes"
+    "retina_imbalance_k48_single": _grid_set(
+        "retina_imbalance_k48_single_v2", 8, (1, 1), "1 object per image, 48 classes"
     ),
 }
 
