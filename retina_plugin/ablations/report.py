@@ -118,6 +118,23 @@ def _pyplot():
     return plt
 
 
+def _ap_label(seeds):
+    return "bbox AP" + (" (mean ± std over seeds)" if seeds and seeds > 1 else "")
+
+
+def _save(fig, ax, path, title, xlabel, ylabel, legend_size=7):
+    """Label, grid, legend (if anything is labelled), write the PNG and close the figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, alpha=0.3, which="both")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
 def plot_series(name, results, seeds=None):
     """{"ours"|"paper": [(x, y, series value, y's std)]} of a plotted grid; cells without a
     finished run left out."""
@@ -150,13 +167,7 @@ def plot_grid(name, results, path, seeds=None):
                             label=f"{who}, {series_param} {value:g}")
     if x_param == "alpha":
         ax.set_xscale("logit")
-    ax.set_xlabel(x_param)
-    ax.set_ylabel("bbox AP" + (" (mean ± std over seeds)" if seeds and seeds > 1 else ""))
-    ax.set_title(GRIDS[name].title, fontsize=9)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, ax, path, GRIDS[name].title, x_param, _ap_label(seeds))
     plt.close(fig)
     return path
 
@@ -180,13 +191,7 @@ def plot_curves(name, results, path, seeds=None):
         if points:
             ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
                         fmt="o-", color=f"C{i % 10}", capsize=2, markersize=3, label=cell.label)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("bbox AP" + (" (mean ± std over seeds)" if seeds and seeds > 1 else ""))
-    ax.set_title(f"{GRIDS[name].title}: AP during training", fontsize=9)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, ax, path, f"{GRIDS[name].title}: AP during training", "iteration", _ap_label(seeds), 6)
     plt.close(fig)
     return path
 
@@ -245,11 +250,7 @@ def plot_sweep(name, results, path, seeds=None):
                         textcoords="offset points", xytext=(4, 4))
     ax.axhline(0, color="gray", lw=0.8)
     ax.set_xscale("log")
-    ax.set_xlabel("R: negative (anchor, class) pairs per positive pair")
-    ax.set_ylabel("AP(FL 0.25, 2) - AP(balanced CE 0.75)")
-    ax.set_title(GRIDS[name].title, fontsize=8)
-    ax.grid(True, alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, ax, path, GRIDS[name].title, "R: negative (anchor, class) pairs per positive pair",
+          "AP(FL 0.25, 2) - AP(balanced CE 0.75)")
     plt.close(fig)
     return path
