@@ -22,12 +22,13 @@ import detectron2.utils.comm as comm
 from detectron2.config import get_cfg
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
-from detectron2.evaluation import COCOEvaluator, verify_results
+from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
 
 import retina_plugin
 from retina_plugin.checkpoint import SafeDetectionCheckpointer
 from retina_plugin.data import CheckedDatasetMapper, register_coco_dataset
+from retina_plugin.evaluation import EngineCOCOEvaluator
 
 logger = logging.getLogger("retina_plugin")
 
@@ -90,7 +91,7 @@ class Trainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
-        return COCOEvaluator(dataset_name, output_dir=output_folder)
+        return EngineCOCOEvaluator(dataset_name, engine=cfg.TEST.COCO_EVAL_ENGINE, output_dir=output_folder)
 
 
 def setup(args):

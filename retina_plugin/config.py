@@ -54,6 +54,10 @@ def add_retina_config(cfg):
     # from INIT. detectron2 fixes these at 0.9 and 100.
     _C.MODEL.RETINANET.LOSS_NORMALIZER_MOMENTUM = 0.9
     _C.MODEL.RETINANET.LOSS_NORMALIZER_INIT = 100.0
+    # What computes COCO AP behind detectron2's COCOEvaluator (retina_plugin/evaluation.py):
+    # "faster_coco_eval" (C++, the same stats many times faster) or "pycocotools" (the
+    # official Python one, which detectron2 falls back to without its compiled extension).
+    _C.TEST.COCO_EVAL_ENGINE = "faster_coco_eval"
     return cfg
 
 

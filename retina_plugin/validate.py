@@ -2,6 +2,7 @@
 from detectron2.modeling import META_ARCH_REGISTRY
 
 from .config import ConfigValueError
+from .evaluation import COCO_EVAL_ENGINES
 from .head import RETINA_HEAD_REGISTRY
 from .losses import CLS_LOSS_REGISTRY
 
@@ -72,6 +73,12 @@ def validate_config(cfg, datasets=False):
         if hasattr(meta_architecture, "check_config"):
             meta_architecture.check_config(cfg, problems)
     check_anchors_and_matching(cfg, problems)
+    problems(
+        cfg.TEST.COCO_EVAL_ENGINE in COCO_EVAL_ENGINES,
+        "TEST.COCO_EVAL_ENGINE",
+        cfg.TEST.COCO_EVAL_ENGINE,
+        f"choose one of {', '.join(COCO_EVAL_ENGINES)}",
+    )
     for registry, key in (
         (RETINA_HEAD_REGISTRY, "MODEL.RETINANET.HEAD_NAME"),
         (CLS_LOSS_REGISTRY, "MODEL.RETINANET.CLS_LOSS_TYPE"),

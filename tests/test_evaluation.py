@@ -1,0 +1,99 @@
+"""The COCO evaluation engines (retina_plugin/evaluation.py): faster-coco-eval gives the same
+stats as pycocotools, alone and behind detectron2's COCOEvaluator."""
+import contextlib
+import io
+
+import numpy as np
+import pytest
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.evaluation.coco_evaluation import _evaluate_predictions_on_coco
+from detectron2.structures import Boxes, Instances
+
+from retina_plugin.evaluation import EngineCOCOEvaluator, faster_cocoeval_class
+
+
+def synthetic_results(num_images=60, num_classes=5, seed=0):
+    """A COCO ground truth and noisy detections of it (some misses, some false positives)."""
+    rng = np.random.default_rng(seed)
+    images, annotations, results = [], [], []
+    for image_id in range(1, num_images + 1):
+        images.append({"id": image_id, "width": 320, "height": 240, "file_name": f"{image_id}.png"})
+        for _ in range(rng.integers(0, 8)):
+            w, h = rng.uniform(8, 150, 2)
+            x, y = rng.uniform(0, 320 - w), rng.uniform(0, 240 - h)
+            category = int(rng.integers(1, num_classes + 1))
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category,
+                                "bbox": [x, y, w, h], "area": w * h, "iscrowd": int(rng.random() < 0.03)})
+            if rng.random() < 0.85:
+                jitter = rng.normal(0, 0.1 * min(w, h), 4)
+                results.append({"image_id": image_id, "score": float(rng.random()),
+                                "category_id": category if rng.random() < 0.9 else int(rng.integers(1, num_classes + 1)),
+                                "bbox": [x + jitter[0], y + jitter[1], max(1, w + jitter[2]), max(1, h + jitter[3])]})
+        for _ in range(rng.integers(0, 6)):
+            results.append({"image_id": image_id, "score": float(rng.random() * 0.5),
+                            "category_id": int(rng.integers(1, num_classes + 1)),
+                            "bbox": [*rng.uniform(0, 200, 2), *rng.uniform(5, 100, 2)]})
+    coco = {"images": images, "annotations": annotations,
+            "categories": [{"id": c, "name": f"c{c}"} for c in range(1, num_classes + 1)]}
+    return coco, results
+
+
+def coco_api(coco):
+    api = COCO()
+    api.dataset = coco
+    with contextlib.redirect_stdout(io.StringIO()):
+        api.createIndex()
+    return api
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_faster_coco_eval_gives_pycocotools_stats(seed):
+    coco, results = synthetic_results(seed=seed)
+    stats = {}
+    for name, cocoeval in (("pycocotools", COCOeval), ("faster", faster_cocoeval_class())):
+        with contextlib.redirect_stdout(io.StringIO()):
+            evaluated = _evaluate_predictions_on_coco(coco_api(coco), results, "bbox", cocoeval_fn=cocoeval)
+        stats[name] = (np.array(evaluated.stats), evaluated.eval["precision"])
+    assert len(stats["faster"][0]) == 12 and 0.1 < stats["pycocotools"][0][0] < 0.9
+    np.testing.assert_allclose(stats["faster"][0], stats["pycocotools"][0], atol=1e-6)
+    # The per-class precisions COCOEvaluator reads for its per-category AP table too.
+    np.testing.assert_allclose(stats["faster"][1], stats["pycocotools"][1], atol=1e-6)
+
+
+def test_evaluator_engines_agree_and_a_bad_engine_is_refused(tmp_path):
+    import json
+
+    coco, results = synthetic_results(num_images=20, seed=3)
+    json_file = tmp_path / "gt.json"
+    json_file.write_text(json.dumps(coco))
+    name = "engine_test_gt"
+    DatasetCatalog.register(name, lambda: [])
+    MetadataCatalog.get(name).set(json_file=str(json_file), thing_classes=[c["name"] for c in coco["categories"]],
+                                  thing_dataset_id_to_contiguous_id={c["id"]: c["id"] - 1 for c in coco["categories"]})
+    inputs = [{"image_id": image["id"]} for image in coco["images"]]
+    outputs = []
+    for image in coco["images"]:
+        mine = [r for r in results if r["image_id"] == image["id"]]
+        instances = Instances((image["height"], image["width"]))
+        xywh = torch.tensor([r["bbox"] for r in mine], dtype=torch.float32).reshape(-1, 4)
+        instances.pred_boxes = Boxes(torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1))
+        instances.scores = torch.tensor([r["score"] for r in mine])
+        instances.pred_classes = torch.tensor([r["category_id"] - 1 for r in mine], dtype=torch.int64)
+        outputs.append({"instances": instances})
+    found = {}
+    for engine in ("pycocotools", "faster_coco_eval"):
+        evaluator = EngineCOCOEvaluator(name, engine=engine, tasks=("bbox",), distributed=False)
+        evaluator.reset()
+        evaluator.process(inputs, outputs)
+        with contextlib.redirect_stdout(io.StringIO()):
+            found[engine] = evaluator.evaluate()["bbox"]
+    assert found["faster_coco_eval"].keys() == found["pycocotools"].keys()
+    assert "AP-c1" in found["pycocotools"] and found["pycocotools"]["AP"] > 0
+    for key, value in found["pycocotools"].items():
+        assert found["faster_coco_eval"][key] == pytest.approx(value, abs=1e-4), key
+    with pytest.raises(ValueError, match="choose one of faster_coco_eval, pycocotools"):
+        EngineCOCOEvaluator(name, engine="cocoapi")
