@@ -8,3 +8,4 @@ PY=${PY:-.venv/bin/python}
 "$PY" bench/bench_loss.py "$@"
 "$PY" bench/bench_model.py train "$@"
 "$PY" bench/bench_model.py infer "$@"
+"$PY" bench/bench_eval.py
