@@ -176,8 +176,9 @@ def argument_parser():
     parser.add_argument(
         "--allow-unsafe-yaml",
         action="store_true",
-        help="let config files use YAML Python object tags, which run code (detectron2's own "
-        "Base-RetinaNet.yaml does): only for files you trust",
+        help="let config files use any YAML Python object tag, which runs code, as detectron2 "
+        "does (without it, the eval tag of detectron2's model-zoo yamls is evaluated by a "
+        "restricted interpreter: numbers, arithmetic, lists): only for files you trust",
     )
     parser.add_argument(
         "--dataset",

@@ -1,8 +1,11 @@
+import contextlib
 import os
 
 import yaml
 
 from detectron2.config import CfgNode as CN
+
+from .yaml_eval import restricted_eval_tag
 
 # Keys that take a number or a list. yacs refuses a value of another type than the key's
 # current one, so merge_config_file and merge_config_list switch the key's type first.
@@ -73,26 +76,29 @@ def check_config_value(ok, key, value, allowed):
 
 def merge_config_file(cfg, path, allow_python_tags=False):
     """
-    cfg.merge_from_file(path), its _BASE_ files included, without running code from them:
-    YAML's Python object tags (!!python/object/apply:eval ..., which detectron2 would
-    evaluate) are refused with a clear error unless `allow_python_tags`, for trusted files.
+    cfg.merge_from_file(path), its _BASE_ files included, without running code from them.
+    The !!python/object/apply:eval tag of detectron2's model-zoo yamls is evaluated by a
+    restricted interpreter (numbers, arithmetic, lists, list comprehensions: yaml_eval.py);
+    an eval of anything else, and every other Python tag, is refused with a clear error unless
+    `allow_python_tags`, for trusted files (detectron2's own behaviour: Python's eval).
     """
     if not os.path.isfile(path):
         raise ConfigValueError(f"Config file {path!r} does not exist: check the path.")
     try:
-        loaded = cfg.load_yaml_with_base(path, allow_unsafe=allow_python_tags)
-        for key in NUMBER_OR_LIST_KEYS:
-            node = loaded
-            for part in key.split("."):
-                node = node.get(part) if isinstance(node, dict) else None
-            _match_type(cfg, key, node)
-        cfg.merge_from_file(path, allow_unsafe=allow_python_tags)
+        with contextlib.nullcontext() if allow_python_tags else restricted_eval_tag():
+            loaded = cfg.load_yaml_with_base(path, allow_unsafe=allow_python_tags)
+            for key in NUMBER_OR_LIST_KEYS:
+                node = loaded
+                for part in key.split("."):
+                    node = node.get(part) if isinstance(node, dict) else None
+                _match_type(cfg, key, node)
+            cfg.merge_from_file(path, allow_unsafe=allow_python_tags)
     except yaml.constructor.ConstructorError as e:
         where = f"{e.problem_mark.name}, line {e.problem_mark.line + 1}" if e.problem_mark else path
         raise ConfigValueError(
-            f"{where}: {e.problem}. Config files are read without Python object tags, which "
-            f"would run code: write the value out instead (for example the numbers of an "
-            f"eval'd list), or pass --allow-unsafe-yaml for a file you trust."
+            f"{where}: {e.problem}. Config files are read without running Python code from "
+            f"them: write the value out instead (for example the numbers of an eval'd list), "
+            f"or pass --allow-unsafe-yaml for a file you trust."
         ) from None
 
 

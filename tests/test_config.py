@@ -1,3 +1,4 @@
+import json
 import os
 
 import pytest
@@ -134,15 +135,84 @@ def test_plain_yaml_merges_and_trusted_tags_can_be_allowed(tmp_path):
     cfg = add_retina_config(get_cfg())
     retina_plugin.merge_config_file(cfg, os.path.join(REPO, "configs", "retina_r50.yaml"))
     assert cfg.MODEL.META_ARCHITECTURE == "FocalRetinaNet"
-    # detectron2's own Base-RetinaNet.yaml computes its anchor sizes with an eval tag.
+    # detectron2's own Base-RetinaNet.yaml computes its anchor sizes with an eval tag: read by
+    # the restricted interpreter, the same numbers as Python's eval with --allow-unsafe-yaml.
     zoo = get_config_file("COCO-Detection/retinanet_R_50_FPN_1x.yaml")
-    with pytest.raises(ConfigValueError, match="Base-RetinaNet.yaml"):
-        retina_plugin.merge_config_file(add_retina_config(get_cfg()), zoo)
-    cfg = add_retina_config(get_cfg())
-    retina_plugin.merge_config_file(cfg, zoo, allow_python_tags=True)
-    assert round(cfg.MODEL.ANCHOR_GENERATOR.SIZES[0][1], 3) == 40.317
+    restricted, trusted = add_retina_config(get_cfg()), add_retina_config(get_cfg())
+    retina_plugin.merge_config_file(restricted, zoo)
+    retina_plugin.merge_config_file(trusted, zoo, allow_python_tags=True)
+    assert restricted.MODEL.ANCHOR_GENERATOR.SIZES == trusted.MODEL.ANCHOR_GENERATOR.SIZES
+    assert round(restricted.MODEL.ANCHOR_GENERATOR.SIZES[0][1], 3) == 40.317
     with pytest.raises(ConfigValueError, match="nowhere.yaml' does not exist"):
         retina_plugin.merge_config_file(cfg, str(tmp_path / "nowhere.yaml"))
+
+
+def model_zoo_retinanet_yamls():
+    import detectron2.model_zoo
+
+    root = os.path.join(os.path.dirname(detectron2.model_zoo.__file__), "configs")
+    found = []
+    for folder, _, files in os.walk(root):
+        for name in files:
+            if name.endswith(".yaml") and "retinanet" in name.lower():
+                found.append(os.path.relpath(os.path.join(folder, name), root))
+    return sorted(found)
+
+
+def test_model_zoo_has_retinanet_yamls():
+    assert "COCO-Detection/retinanet_R_101_FPN_3x.yaml" in model_zoo_retinanet_yamls()
+    assert len(model_zoo_retinanet_yamls()) >= 5
+
+
+@pytest.mark.parametrize("name", model_zoo_retinanet_yamls())
+def test_every_model_zoo_retinanet_yaml_builds_a_focal_retinanet(name):
+    cfg = add_retina_config(get_cfg())
+    retina_plugin.merge_config_file(cfg, get_config_file(name))
+    retina_plugin.merge_config_list(cfg, ["MODEL.META_ARCHITECTURE", "FocalRetinaNet", "MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"])
+    model = build_model(cfg)
+    assert isinstance(model, retina_plugin.FocalRetinaNet)
+    assert model.anchor_generator.num_anchors == [9] * 5
+
+
+@pytest.mark.parametrize(
+    "expression, reason",
+    [
+        ("__import__('os').system('touch ran')", "a function call"),
+        ("[x for x in [1]].__class__", "an attribute ('__class__')"),
+        ("open", "the name 'open'"),
+        ("[x * y for x in [1, 2]]", "the name 'y'"),
+        ("'a' * 3", "the constant 'a' (not a number)"),
+        ("[0] * 10", "the operator Mult is applied to lists"),
+        ("10 ** 10 ** 10", "too large to compute"),
+        ("[x for x in [1, 2] if x > 1]", "a condition"),
+        ("lambda: 0", "a Lambda expression"),
+        ("1 +", "not a Python expression"),
+    ],
+)
+def test_an_eval_tag_with_anything_else_is_refused_with_line_and_reason(tmp_path, expression, reason):
+    config = tmp_path / "bad.yaml"
+    config.write_text(f"MODEL:\n  ANCHOR_GENERATOR:\n    SIZES: !!python/object/apply:eval [{json.dumps(expression)}]\n")
+    with pytest.raises(ConfigValueError) as error:
+        retina_plugin.merge_config_file(add_retina_config(get_cfg()), str(config))
+    message = str(error.value)
+    assert "bad.yaml, line 3: !!python/object/apply:eval" in message and reason in message, message
+    assert not (tmp_path / "ran").exists()
+
+
+def test_restricted_eval_computes_what_python_does():
+    from retina_plugin.yaml_eval import restricted_eval
+
+    for expression in (
+        "[[x, x * 2**(1.0/3), x * 2**(2.0/3) ] for x in [32, 64, 128, 256, 512 ]]",
+        "[[x, y] for x in [1, 2] for y in (3, -4.5)]",
+        "((1 + 2) * 3 / 4 - -5, [2 ** -1])",
+    ):
+        assert restricted_eval(expression) == eval(expression)  # noqa: S307 (the reference)
+    # Outside a config load, yaml.safe_load still refuses the tag.
+    import yaml
+
+    with pytest.raises(yaml.constructor.ConstructorError):
+        yaml.safe_load('a: !!python/object/apply:eval ["1 + 1"]')
 
 
 def test_all_problems_are_reported_at_once():
