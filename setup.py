@@ -4,12 +4,28 @@ from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
 
-
-def read_requirements():
-    # requirements.txt is the one place where pins live.
-    lines = (HERE / "requirements.txt").read_text().splitlines()
-    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-
+# What the plugin imports, with the lowest versions it works with: it installs into an existing
+# detectron2 environment without replacing its torch. The exact pins of the environment the
+# Makefile builds (and CI tests) live in requirements.txt.
+INSTALL_REQUIRES = [
+    "torch>=2.1",  # torch.compile for the fused loss, torch.export
+    "torchvision>=0.16",
+    "numpy>=1.21",
+    "fvcore>=0.1.5",
+    "pycocotools>=2.0.2",
+    "faster-coco-eval>=1.8",  # TEST.COCO_EVAL_ENGINE's default
+    "PyYAML>=5.1",
+    "tqdm>=4.29",
+    "tabulate",
+    "matplotlib>=3.3",
+    "Pillow>=7.1",
+    "opencv-python-headless>=4",  # the demo's video input
+]
+EXTRAS_REQUIRE = {
+    # tools/export_model.py --format onnx: torch.onnx's exporter and onnxruntime to check it.
+    "export": ["onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20"],
+    "dev": ["pytest>=7"],
+}
 
 setup(
     name="retina_plugin",
@@ -20,5 +36,6 @@ setup(
     packages=find_packages(include=["retina_plugin", "retina_plugin.*"]),
     python_requires=">=3.10",
     # detectron2 must be installed separately (see README): it is not on PyPI under its name.
-    install_requires=read_requirements(),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
 )
