@@ -14,6 +14,9 @@ Trailing KEY VALUE pairs override the config, as in every detectron2 tool.
 """
 import logging
 import os
+import sys
+
+import retina_plugin  # first: it quiets dependencies' deprecation notices (see its __init__)
 
 import torch
 
@@ -25,9 +28,8 @@ from detectron2.engine import DefaultTrainer, default_argument_parser, default_s
 from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
 
-import retina_plugin
-from retina_plugin.checkpoint import SafeDetectionCheckpointer
-from retina_plugin.data import CheckedDatasetMapper, register_coco_dataset
+from retina_plugin.checkpoint import CheckpointError, SafeDetectionCheckpointer
+from retina_plugin.data import CheckedDatasetMapper, DatasetError, register_coco_dataset
 from retina_plugin.evaluation import EngineCOCOEvaluator
 
 logger = logging.getLogger("retina_plugin")
@@ -191,14 +193,23 @@ def argument_parser():
     return parser
 
 
+# Problems with the user's config, data, checkpoint or training, each raised with a message
+# that names it and the fix: printed alone, not under a traceback that buries it.
+USER_ERRORS = (retina_plugin.ConfigValueError, DatasetError, CheckpointError, FloatingPointError)
+
+
 if __name__ == "__main__":
     args = argument_parser().parse_args()
     print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except USER_ERRORS as e:
+        print(f"\ntrain_net.py: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)

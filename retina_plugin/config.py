@@ -103,11 +103,27 @@ def merge_config_file(cfg, path, allow_python_tags=False):
 
 
 def merge_config_list(cfg, opts):
-    """cfg.merge_from_list(opts) (KEY VALUE pairs), where NUMBER_OR_LIST_KEYS take either."""
-    for key, value in zip(opts[0::2], opts[1::2]):
+    """cfg.merge_from_list(opts) (KEY VALUE pairs), where NUMBER_OR_LIST_KEYS take either, and
+    a whole number is taken for a key of floats (yacs refuses `FOCAL_LOSS_GAMMA 0`)."""
+    opts = list(opts)
+    for index in range(0, len(opts) - 1, 2):
+        key, value = opts[index], opts[index + 1]
+        decoded = cfg._decode_cfg_value(value)
         if key in NUMBER_OR_LIST_KEYS:
-            _match_type(cfg, key, cfg._decode_cfg_value(value))
+            _match_type(cfg, key, decoded)
+        elif isinstance(decoded, int) and not isinstance(decoded, bool) and isinstance(_current(cfg, key), float):
+            opts[index + 1] = float(decoded)
     cfg.merge_from_list(opts)
+
+
+def _current(cfg, key):
+    """The value of a dotted key, or None where there is none."""
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
 
 
 def _match_type(cfg, key, new_value):

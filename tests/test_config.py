@@ -233,3 +233,10 @@ def test_all_problems_are_reported_at_once():
     cfg.MODEL.RETINANET.CLS_LOSS_TYPE = "focal"
     with pytest.raises(ConfigValueError, match="FOCAL_LOSS_GAMMA = -1.0"):
         build_model(cfg)
+
+
+def test_a_whole_number_is_taken_for_a_float_key():
+    cfg = add_retina_config(get_cfg())
+    retina_plugin.merge_config_list(cfg, ["MODEL.RETINANET.FOCAL_LOSS_GAMMA", "0", "SOLVER.MAX_ITER", "10"])
+    assert cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA == 0.0 and isinstance(cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA, float)
+    assert cfg.SOLVER.MAX_ITER == 10 and isinstance(cfg.SOLVER.MAX_ITER, int)

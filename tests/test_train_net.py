@@ -244,3 +244,24 @@ def test_amp_without_cuda_is_a_clear_error(tmp_path):
     )
     assert proc.returncode != 0
     assert "SOLVER.AMP.ENABLED = True is not allowed without CUDA" in proc.stderr
+
+
+def test_a_bad_config_is_one_clear_message_without_traceback_or_dependency_warnings(tmp_path):
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path))
+    env.pop("PYTHONWARNINGS", None)  # the warnings train_net.py shows by itself
+    proc = subprocess.run(
+        [sys.executable, "-W", "default", os.path.join(REPO, "train_net.py"),
+         "--config-file", os.path.join(REPO, "configs", "quickstart.yaml"),
+         "MODEL.RETINANET.FOCAL_LOSS_GAMMA", "-1", "OUTPUT_DIR", str(tmp_path / "run")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.endswith("\n") and "Traceback" not in proc.stderr
+    assert "train_net.py: ConfigValueError: MODEL.RETINANET.FOCAL_LOSS_GAMMA = -1.0 is not allowed" in proc.stderr
+    assert "torch.jit.script" not in proc.stderr and "pkg_resources" not in proc.stderr
+    # The plugin's own warnings still show.
+    proc = subprocess.run(
+        [sys.executable, "-W", "default", "-c", "import retina_plugin, warnings; warnings.warn('from the plugin')"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert "UserWarning: from the plugin" in proc.stderr and "torch.jit.script" not in proc.stderr

@@ -92,8 +92,8 @@ def fault_yaml_python_tag(work, data):
     proc = subprocess.run([sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", config],
                           cwd=work, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
     log = proc.stdout + proc.stderr
-    handled = proc.returncode != 0 and "Python object tags" in log and not os.path.exists(marker)
-    return handled, last_line_with(log, "Python object tags"), False
+    handled = proc.returncode != 0 and "without running Python code" in log and not os.path.exists(marker)
+    return handled, last_line_with(log, "without running Python code"), False
 
 
 def fault_nan_loss(work, data):

@@ -21,9 +21,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import retina_plugin  # noqa: E402  (first: see retina_plugin/__init__.py)
 from detectron2.modeling import build_model  # noqa: E402
-
-import retina_plugin  # noqa: E402
 from retina_plugin.config import get_retina_cfg  # noqa: E402
 from retina_plugin.data import register_coco_dataset  # noqa: E402
 from retina_plugin.imbalance import format_report, measure_imbalance  # noqa: E402
