@@ -9,8 +9,10 @@ Train or evaluate a RetinaNet of retina_plugin with detectron2's trainer and COC
     python train_net.py --config-file configs/quickstart.yaml \
         --dataset mine_train train.json images/ --dataset mine_val val.json images/ \
         DATASETS.TRAIN '("mine_train",)' DATASETS.TEST '("mine_val",)'
+    python train_net.py --config-file configs/lazy/retina_r50.py model.cls_loss.gamma=0
 
-Trailing KEY VALUE pairs override the config, as in every detectron2 tool.
+Trailing KEY VALUE pairs override a yaml config, as in every detectron2 tool; a LazyConfig
+(.py, configs/lazy/) takes key=value overrides, as detectron2's lazyconfig_train_net.py.
 """
 import logging
 import os
@@ -31,6 +33,7 @@ from detectron2.utils.logger import setup_logger
 from retina_plugin.checkpoint import CheckpointError, SafeDetectionCheckpointer
 from retina_plugin.data import CheckedDatasetMapper, DatasetError, register_coco_dataset
 from retina_plugin.evaluation import EngineCOCOEvaluator
+from retina_plugin.lazy import build_lazy_model, evaluate_lazy, load_lazy_config, train_lazy
 
 logger = logging.getLogger("retina_plugin")
 
@@ -131,6 +134,50 @@ def setup(args):
     return cfg
 
 
+def setup_lazy(args):
+    """A LazyConfig (.py) with upstream's `key=value` overrides, set up as setup() sets up a
+    yaml config: --dataset registration and classes, CPU fallback, logging, outputs."""
+    own_datasets = {
+        name: register_coco_dataset(name, json_file, image_root)
+        for name, json_file, image_root in args.dataset or []
+    }
+    if args.extra_config:
+        raise retina_plugin.ConfigValueError(
+            "--extra-config merges yaml files: with a LazyConfig (.py), override keys on the "
+            "command line instead (for example model.cls_loss.gamma=0)."
+        )
+    cfg = load_lazy_config(args.config_file, args.opts)
+    train_names = cfg.dataloader.train.dataset.get("names", None) if "dataloader" in cfg else None
+    train_names = [train_names] if isinstance(train_names, str) else list(train_names or [])
+    used = [n for n in train_names if n in own_datasets]
+    if used and not any(o.startswith("model.num_classes=") for o in args.opts):
+        cfg.model.num_classes = len(own_datasets[used[0]])
+    cpu_fallback = str(cfg.train.device).startswith("cuda") and not torch.cuda.is_available()
+    if cpu_fallback:
+        cfg.train.device = "cpu"
+    if cfg.train.amp.enabled and not torch.cuda.is_available():
+        raise retina_plugin.ConfigValueError(
+            "train.amp.enabled = True is not allowed without CUDA: detectron2's AMPTrainer "
+            "needs a GPU. Set train.amp.enabled=False on the CPU."
+        )
+    default_setup(cfg, args)
+    setup_logger(output=cfg.train.output_dir, distributed_rank=comm.get_rank(), name="retina_plugin")
+    if cpu_fallback:
+        logger.warning("No CUDA device is available: train.device is set to 'cpu'.")
+    return cfg
+
+
+def main_lazy(args):
+    cfg = setup_lazy(args)
+    if args.eval_only:
+        model = build_lazy_model(cfg)
+        checkpointer = SafeDetectionCheckpointer(model, save_dir=cfg.train.output_dir)
+        checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+        checkpointer.require_complete_load(cfg.train.init_checkpoint, key="train.init_checkpoint")
+        return evaluate_lazy(cfg, model)
+    return train_lazy(cfg, args.resume, create_ddp_model_on_any_device)
+
+
 def report_outputs(cfg, trained):
     """Say where the run left what a user looks for next."""
     out = os.path.abspath(cfg.OUTPUT_DIR)
@@ -145,6 +192,8 @@ def report_outputs(cfg, trained):
 
 
 def main(args):
+    if args.config_file.endswith(".py"):
+        return main_lazy(args)
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)

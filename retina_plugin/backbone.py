@@ -18,28 +18,8 @@ def build_retinanet_basic_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
     their detectron2 meaning.
     """
     resnets = cfg.MODEL.RESNETS
-    check_config_value(
-        resnets.DEPTH in BASIC_BLOCKS_PER_STAGE,
-        "MODEL.RESNETS.DEPTH",
-        resnets.DEPTH,
-        "build_retinanet_basic_resnet_fpn_backbone builds 18 or 34",
-    )
     stem = BasicStem(input_shape.channels, resnets.STEM_OUT_CHANNELS, norm=resnets.NORM)
-    stages = []
-    in_channels, out_channels = resnets.STEM_OUT_CHANNELS, resnets.RES2_OUT_CHANNELS
-    for index, num_blocks in enumerate(BASIC_BLOCKS_PER_STAGE[resnets.DEPTH]):
-        first_stride = 1 if index == 0 else 2
-        stages.append(
-            ResNet.make_stage(
-                BasicBlock,
-                num_blocks,
-                in_channels=in_channels,
-                out_channels=out_channels,
-                stride_per_block=[first_stride] + [1] * (num_blocks - 1),
-                norm=resnets.NORM,
-            )
-        )
-        in_channels, out_channels = out_channels, out_channels * 2
+    stages = basic_resnet_stages(resnets.DEPTH, resnets.STEM_OUT_CHANNELS, resnets.RES2_OUT_CHANNELS, resnets.NORM)
     bottom_up = ResNet(stem, stages, out_features=resnets.OUT_FEATURES).freeze(
         cfg.MODEL.BACKBONE.FREEZE_AT
     )
@@ -48,6 +28,32 @@ def build_retinanet_basic_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
         in_features=cfg.MODEL.FPN.IN_FEATURES,
         out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
         norm=cfg.MODEL.FPN.NORM,
-        top_block=LastLevelP6P7(in_channels, cfg.MODEL.FPN.OUT_CHANNELS),
+        top_block=LastLevelP6P7(stages[-1][-1].out_channels, cfg.MODEL.FPN.OUT_CHANNELS),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )
+
+
+def basic_resnet_stages(depth, stem_out_channels, res2_out_channels, norm="BN"):
+    """
+    The four stages of a ResNet-18/34 of any width: res2 with `res2_out_channels`, doubled at
+    each later stage (a LazyConfig builds its ResNet with them: configs/lazy/quickstart.py).
+    """
+    check_config_value(
+        depth in BASIC_BLOCKS_PER_STAGE, "MODEL.RESNETS.DEPTH", depth, "the basic ResNet has depth 18 or 34"
+    )
+    stages = []
+    in_channels, out_channels = stem_out_channels, res2_out_channels
+    for index, num_blocks in enumerate(BASIC_BLOCKS_PER_STAGE[depth]):
+        first_stride = 1 if index == 0 else 2
+        stages.append(
+            ResNet.make_stage(
+                BasicBlock,
+                num_blocks,
+                in_channels=in_channels,
+                out_channels=out_channels,
+                stride_per_block=[first_stride] + [1] * (num_blocks - 1),
+                norm=norm,
+            )
+        )
+        in_channels, out_channels = out_channels, out_channels * 2
+    return stages

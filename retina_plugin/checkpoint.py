@@ -110,11 +110,11 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
         self.incompatible = super()._load_model(checkpoint)
         return self.incompatible
 
-    def require_complete_load(self, path):
+    def require_complete_load(self, path, key="MODEL.WEIGHTS"):
         """Raise CheckpointError unless the last load gave every weight of the model its value."""
         incompatible = self.incompatible
         if incompatible is None:
-            raise CheckpointError(f"No weights were loaded from {path!r}: set MODEL.WEIGHTS.")
+            raise CheckpointError(f"No weights were loaded from {path!r}: set {key}.")
         problems = []
         if incompatible.incorrect_shapes:
             key, in_file, in_model = incompatible.incorrect_shapes[0]

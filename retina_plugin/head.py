@@ -41,13 +41,21 @@ class RetinaHead(RetinaNetHead):
     """
 
     @configurable
-    def __init__(self, *, prior_bias: Optional[torch.Tensor] = None, **kwargs):
+    def __init__(self, *, prior_bias: Optional[torch.Tensor] = None, cls_loss=None, **kwargs):
         """
         Args:
             prior_bias: (logits per anchor,) initial bias of the class logits, the same for
                 every anchor shape; None for detectron2's, -log((1 - pi) / pi) everywhere.
+            cls_loss: the ClassificationLoss the logits are for (LazyConfig:
+                `cls_loss="${..cls_loss}"`): then num_classes is the number of classes K, and
+                the logits per anchor and prior_bias come from the loss, as from_config does.
             kwargs: detectron2's RetinaNetHead's; num_classes is the logits per anchor.
         """
+        if cls_loss is not None:
+            num_classes = kwargs["num_classes"]
+            kwargs["num_classes"] = cls_loss.logits_per_anchor(num_classes)
+            if prior_bias is None:
+                prior_bias = cls_loss.prior_bias(num_classes, kwargs.get("prior_prob", 0.01))
         super().__init__(**kwargs)
         if prior_bias is not None:
             num_anchors = self.cls_score.out_channels // len(prior_bias)

@@ -16,8 +16,9 @@ class CheckedDatasetMapper(DatasetMapper):
     image once clipped, are dropped by detectron2 itself.
     """
 
-    def __init__(self, cfg, is_train=True):
-        super().__init__(cfg, is_train=is_train)
+    def __init__(self, *args, **kwargs):
+        # DatasetMapper's arguments: (cfg, is_train) or its explicit ones (LazyConfig).
+        super().__init__(*args, **kwargs)
         self._warned = set()
 
     def __call__(self, dataset_dict):

@@ -58,7 +58,8 @@ class FocalLoss(ClassificationLoss):
         """Call check(ok, key, value, allowed) for each value (see config.check_config_value)."""
         check(impl in IMPLS, "MODEL.RETINANET.FOCAL_LOSS_IMPL", impl, f"choose one of {IMPLS}")
         check_alpha(check, alpha, num_classes)
-        check(gamma >= 0, "MODEL.RETINANET.FOCAL_LOSS_GAMMA", gamma, "use gamma >= 0 (0 is CE)")
+        is_number = isinstance(gamma, (int, float)) and not isinstance(gamma, bool)
+        check(is_number and gamma >= 0, "MODEL.RETINANET.FOCAL_LOSS_GAMMA", gamma, "use a number >= 0 (0 is CE)")
 
     @classmethod
     def from_config(cls, cfg):
