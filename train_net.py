@@ -27,11 +27,15 @@ import detectron2.utils.comm as comm
 from detectron2.config import get_cfg
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.modeling import build_model
 from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
 
-from retina_plugin.checkpoint import CheckpointError, SafeDetectionCheckpointer
+from retina_plugin.checkpoint import CheckpointError, SafeDetectionCheckpointer, resume_mismatch
 from retina_plugin.data import CheckedDatasetMapper, DatasetError, register_coco_dataset
+from retina_plugin.config import changed_keys
+from retina_plugin.data.custom import check_datasets_present, explained_empty_training_set
+from retina_plugin.output_lock import OutputDirInUseError, lock_output_dir
 from retina_plugin.evaluation import EngineCOCOEvaluator
 from retina_plugin.lazy import build_lazy_model, evaluate_lazy, load_lazy_config, train_lazy
 
@@ -85,7 +89,8 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=CheckedDatasetMapper(cfg, is_train=True))
+        with explained_empty_training_set(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS):
+            return build_detection_train_loader(cfg, mapper=CheckedDatasetMapper(cfg, is_train=True))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -123,15 +128,50 @@ def setup(args):
         )
     # detectron2's default device is "cuda"; on a machine without one, run on the CPU
     # instead of failing at the first tensor moved there.
+    check_datasets_present((*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST))
     cpu_fallback = cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available()
     if cpu_fallback:
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
+    # Before anything is written there: one run per OUTPUT_DIR, and a resume that fits.
+    if comm.get_rank() == 0:
+        lock_output_dir(cfg.OUTPUT_DIR)
+    if args.resume:
+        refuse_mismatched_resume(
+            build_model(cfg), cfg.OUTPUT_DIR,
+            changed_keys(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg),
+        )
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="retina_plugin")
     if cpu_fallback:
         logger.warning("No CUDA device is available: MODEL.DEVICE is set to 'cpu'.")
     return cfg
+
+
+def refuse_mismatched_resume(model, output_dir, differences):
+    """--resume into an OUTPUT_DIR whose checkpoint another config trained: refuse, naming
+    what differs, instead of skipping the weights that do not fit and going on."""
+    mismatch = resume_mismatch(model, output_dir)
+    if mismatch is None:
+        return
+    keys = "; ".join(f"{k}: {old!r} then, {new!r} now" for k, old, new in differences[:6])
+    raise CheckpointError(
+        f"--resume would continue {mismatch}. It was trained with another config"
+        + (f" ({keys})" if keys else "")
+        + ". Resume with the config it was trained with, choose another OUTPUT_DIR, or pass "
+        "--start-over to train from the config's initial weights in this OUTPUT_DIR (its "
+        "checkpoints are then replaced as new ones are saved)."
+    )
+
+
+def lazy_dataset_names(cfg):
+    """The data set names a LazyConfig's train and test loaders read."""
+    names = []
+    for split in ("train", "test"):
+        dataset = cfg.dataloader.get(split, {}).get("dataset", {}) if "dataloader" in cfg else {}
+        found = dataset.get("names", []) if hasattr(dataset, "get") else []
+        names += [found] if isinstance(found, str) else list(found)
+    return names
 
 
 def setup_lazy(args):
@@ -147,11 +187,10 @@ def setup_lazy(args):
             "command line instead (for example model.cls_loss.gamma=0)."
         )
     cfg = load_lazy_config(args.config_file, args.opts)
-    train_names = cfg.dataloader.train.dataset.get("names", None) if "dataloader" in cfg else None
-    train_names = [train_names] if isinstance(train_names, str) else list(train_names or [])
-    used = [n for n in train_names if n in own_datasets]
+    used = [n for n in lazy_dataset_names(cfg) if n in own_datasets]
     if used and not any(o.startswith("model.num_classes=") for o in args.opts):
         cfg.model.num_classes = len(own_datasets[used[0]])
+    check_datasets_present(lazy_dataset_names(cfg))
     cpu_fallback = str(cfg.train.device).startswith("cuda") and not torch.cuda.is_available()
     if cpu_fallback:
         cfg.train.device = "cpu"
@@ -160,6 +199,10 @@ def setup_lazy(args):
             "train.amp.enabled = True is not allowed without CUDA: detectron2's AMPTrainer "
             "needs a GPU. Set train.amp.enabled=False on the CPU."
         )
+    if comm.get_rank() == 0:
+        lock_output_dir(cfg.train.output_dir)
+    if args.resume:
+        refuse_mismatched_resume(build_lazy_model(cfg), cfg.train.output_dir, [])
     default_setup(cfg, args)
     setup_logger(output=cfg.train.output_dir, distributed_rank=comm.get_rank(), name="retina_plugin")
     if cpu_fallback:
@@ -192,6 +235,8 @@ def report_outputs(cfg, trained):
 
 
 def main(args):
+    if args.start_over:
+        args.resume = False
     if args.config_file.endswith(".py"):
         return main_lazy(args)
     cfg = setup(args)
@@ -232,6 +277,12 @@ def argument_parser():
         "restricted interpreter: numbers, arithmetic, lists): only for files you trust",
     )
     parser.add_argument(
+        "--start-over",
+        action="store_true",
+        help="with --resume into an OUTPUT_DIR whose checkpoint another config trained: train "
+        "from the config's initial weights instead of refusing (its checkpoints are replaced)",
+    )
+    parser.add_argument(
         "--dataset",
         nargs=3,
         action="append",
@@ -244,7 +295,7 @@ def argument_parser():
 
 # Problems with the user's config, data, checkpoint or training, each raised with a message
 # that names it and the fix: printed alone, not under a traceback that buries it.
-USER_ERRORS = (retina_plugin.ConfigValueError, DatasetError, CheckpointError, FloatingPointError)
+USER_ERRORS = (retina_plugin.ConfigValueError, DatasetError, CheckpointError, OutputDirInUseError, FloatingPointError)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ missing. It also writes atomically: an interrupted save never replaces a good ch
 import io
 import os
 import pickle
+from typing import Optional
 
 import torch
 
@@ -96,9 +97,18 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
         data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
         data.update(kwargs)
         basename = f"{name}.pth"
-        self.logger.info(f"Saving checkpoint to {os.path.join(self.save_dir, basename)}")
-        _write_atomically(os.path.join(self.save_dir, basename), lambda f: torch.save(data, f))
-        self.tag_last_checkpoint(basename)
+        path = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {path}")
+        previous = self.get_checkpoint_file() if self.has_checkpoint() else None
+        try:
+            _write_atomically(path, lambda f: torch.save(data, f))
+            self.tag_last_checkpoint(basename)
+        except OSError as e:  # disk full, quota, permissions, a vanished folder
+            kept = f"The previous checkpoint is intact: {previous}." if previous else "No checkpoint had been written before."
+            raise CheckpointError(
+                f"Could not write checkpoint {path}: {e.strerror or e}. {kept} Free space in "
+                f"{self.save_dir} (or choose another OUTPUT_DIR), then continue with --resume."
+            ) from None
 
     def tag_last_checkpoint(self, last_filename_basename):
         if "://" in self.save_dir:
@@ -131,6 +141,37 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
                 f"Checkpoint {path} does not fit this model: {'; '.join(problems)}. Use the "
                 f"config it was trained with (backbone depth, NUM_CLASSES, anchors, head)."
             )
+
+
+def resume_mismatch(model, save_dir) -> Optional[str]:
+    """
+    What keeps `model` from resuming the last checkpoint in `save_dir`, or None (also when
+    there is none): weights of other shapes (another NUM_CLASSES, another loss's logits) and
+    weights missing or left over (another backbone or head).
+    """
+    checkpointer = SafeDetectionCheckpointer(model, save_dir)
+    if not checkpointer.has_checkpoint():
+        return None
+    path = checkpointer.get_checkpoint_file()
+    if not path.endswith(".pth") or not os.path.isfile(path):
+        return None  # not one this plugin's trainer wrote: detectron2's load reports on it
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True).get("model", {})
+    except Exception as e:  # refused, truncated: the load that follows says so clearly
+        raise SafeDetectionCheckpointer._unreadable(path, e) from None
+    own = model.state_dict()
+    shapes = [(k, tuple(saved[k].shape), tuple(v.shape)) for k, v in own.items() if k in saved and tuple(saved[k].shape) != tuple(v.shape)]
+    missing = [k for k in own if k not in saved]
+    extra = [k for k in saved if k not in own]
+    problems = []
+    if shapes:
+        key, in_file, in_model = shapes[0]
+        problems.append(f"{len(shapes)} weights of other shapes (e.g. {key}: {in_file} in the checkpoint, {in_model} in this model)")
+    if missing:
+        problems.append(f"{len(missing)} weights this model has and the checkpoint lacks (e.g. {missing[0]})")
+    if extra:
+        problems.append(f"{len(extra)} weights of the checkpoint this model lacks (e.g. {extra[0]})")
+    return f"{path}: " + "; ".join(problems) if problems else None
 
 
 def _write_atomically(path, write):

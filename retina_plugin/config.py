@@ -139,6 +139,24 @@ def _match_type(cfg, key, new_value):
         node[name] = list(new_value) if isinstance(new_value, (list, tuple)) else float(new_value)
 
 
+def _flatten(node, prefix=""):
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: node}
+
+
+def changed_keys(old_config_file, cfg, prefix="MODEL."):
+    """[(key, old value, new value)] of the keys under `prefix` whose value in `cfg` differs
+    from the config.yaml an earlier run wrote; [] when that file is missing or unreadable."""
+    try:
+        with open(old_config_file) as f:
+            old = _flatten(yaml.safe_load(f) or {})
+    except (OSError, yaml.YAMLError):
+        return []
+    new = _flatten(yaml.safe_load(cfg.dump()))
+    return [(k, old.get(k), v) for k, v in new.items() if k.startswith(prefix) and old.get(k) != v]
+
+
 def get_retina_cfg(config_file, opts=(), allow_python_tags=False):
     """
     A detectron2 config with the plugin's keys, `config_file` and KEY VALUE `opts` merged:

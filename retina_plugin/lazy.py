@@ -23,6 +23,7 @@ from omegaconf import DictConfig, ListConfig
 
 from .checkpoint import SafeDetectionCheckpointer
 from .config import ConfigValueError
+from .data.custom import explained_empty_training_set
 from .losses import ClassificationLoss
 
 logger = logging.getLogger("retina_plugin")
@@ -151,7 +152,9 @@ def train_lazy(cfg, resume, create_ddp_model):
     model = build_lazy_model(cfg)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
-    train_loader = instantiate(cfg.dataloader.train)
+    names = cfg.dataloader.train.dataset.get("names", ()) if "dataset" in cfg.dataloader.train else ()
+    with explained_empty_training_set([names] if isinstance(names, str) else list(names)):
+        train_loader = instantiate(cfg.dataloader.train)
     ddp_model = create_ddp_model(model, **cfg.train.ddp)
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(ddp_model, train_loader, optimizer)
     checkpointables = {"trainer": trainer}

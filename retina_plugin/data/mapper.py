@@ -1,5 +1,7 @@
 import logging
 
+from PIL import Image
+
 from detectron2.data import DatasetMapper
 
 from .custom import DatasetError
@@ -24,7 +26,9 @@ class CheckedDatasetMapper(DatasetMapper):
     def __call__(self, dataset_dict):
         try:
             return super().__call__(dataset_dict)
-        except OSError as e:  # missing, unreadable or not an image (PIL's error is an OSError)
+        # Missing, unreadable or not an image (PIL's error is an OSError), or too large to
+        # decode safely (PIL's decompression-bomb guard).
+        except (OSError, Image.DecompressionBombError) as e:
             file_name = dataset_dict.get("file_name")
             if not self.is_train:
                 raise DatasetError(

@@ -59,7 +59,7 @@ class FocalLoss(ClassificationLoss):
         check(impl in IMPLS, "MODEL.RETINANET.FOCAL_LOSS_IMPL", impl, f"choose one of {IMPLS}")
         check_alpha(check, alpha, num_classes)
         is_number = isinstance(gamma, (int, float)) and not isinstance(gamma, bool)
-        check(is_number and gamma >= 0, "MODEL.RETINANET.FOCAL_LOSS_GAMMA", gamma, "use a number >= 0 (0 is CE)")
+        check(is_number and gamma >= 0, "MODEL.RETINANET.FOCAL_LOSS_GAMMA", gamma, "use gamma >= 0, a number (0 is CE)")
 
     @classmethod
     def from_config(cls, cfg):
