@@ -103,11 +103,15 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
         try:
             _write_atomically(path, lambda f: torch.save(data, f))
             self.tag_last_checkpoint(basename)
-        except OSError as e:  # disk full, quota, permissions, a vanished folder
+        except (OSError, RuntimeError) as e:  # disk full, quota, permissions, a vanished folder
+            # torch.save's zip writer reports a failed write as a RuntimeError over the OSError.
+            error = e if isinstance(e, OSError) else e.__context__
+            if not isinstance(error, OSError):
+                raise
             kept = f"The previous checkpoint is intact: {previous}." if previous else "No checkpoint had been written before."
             raise CheckpointError(
-                f"Could not write checkpoint {path}: {e.strerror or e}. {kept} Free space in "
-                f"{self.save_dir} (or choose another OUTPUT_DIR), then continue with --resume."
+                f"Could not write checkpoint {path}: {error.strerror or error}. {kept} Free space "
+                f"in {self.save_dir} (or choose another OUTPUT_DIR), then continue with --resume."
             ) from None
 
     def tag_last_checkpoint(self, last_filename_basename):

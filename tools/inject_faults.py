@@ -233,6 +233,121 @@ def fault_two_cpu_processes(work, data):
     return ok, "2 processes over gloo trained and evaluated" if ok else last_line_with(log, "Error"), False
 
 
+def fault_nonfinite_annotation(work, data):
+    coco = json.loads((data / "train.json").read_text())
+    coco["annotations"][0]["bbox"][2] = float("nan")
+    coco["annotations"][1]["bbox"][0] = "12"
+    bad = data / "nonfinite.json"
+    bad.write_text(json.dumps(coco))
+    code, log = train_net(work, "--dataset", "nan_train", str(bad), str(data / "images"),
+                          "DATASETS.TRAIN", '("nan_train",)', *TINY, "OUTPUT_DIR", os.path.join(work, "out"))
+    handled = code != 0 and "not finite numbers" in log and "Starting training" not in log
+    return handled, last_line_with(log, "not finite numbers"), False
+
+
+def write_png_claiming(path, width, height):
+    """A real PNG whose header says width x height: PIL's decompression-bomb guard reads it."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(path)
+    raw = bytearray(open(path, "rb").read())
+    header = b"IHDR" + struct.pack(">II", width, height) + bytes(raw[24:29])
+    raw[12:29] = header
+    raw[29:33] = struct.pack(">I", zlib.crc32(header))
+    open(path, "wb").write(bytes(raw))
+
+
+def fault_decompression_bomb(work, data):
+    for split in ("train", "val"):
+        os.rename(data / "images" / split / "000002.png", data / "images" / split / "kept.png")
+        write_png_claiming(data / "images" / split / "000002.png", 40000, 40000)
+    try:
+        code, log = train_net(work, *dataset_args(data), *TINY, "SOLVER.MAX_ITER", "4",
+                              "DATASETS.TEST", "()", "OUTPUT_DIR", os.path.join(work, "out"))
+        trained = code == 0 and "Skipping image" in log and "exceeds limit" in log
+        code_eval, log_eval = eval_only(work, data, os.path.join(work, "out", "model_final.pth"), name="bomb")
+        stopped = code_eval != 0 and "exceeds limit" in log_eval
+    finally:
+        for split in ("train", "val"):
+            os.replace(data / "images" / split / "kept.png", data / "images" / split / "000002.png")
+    what = "training: skipped with a warning naming it; evaluation: stopped naming it"
+    return trained and stopped, what if trained and stopped else last_line_with(log + log_eval, "Error"), False
+
+
+def fault_nothing_to_train_on(work, data):
+    coco = json.loads((data / "train.json").read_text())
+    for annotation in coco["annotations"]:
+        annotation["iscrowd"] = 1
+    crowd = data / "crowd.json"
+    crowd.write_text(json.dumps(coco))
+    code, log = train_net(work, "--dataset", "crowd_train", str(crowd), str(data / "images"),
+                          "DATASETS.TRAIN", '("crowd_train",)', "DATASETS.TEST", "()", *TINY,
+                          "OUTPUT_DIR", os.path.join(work, "out"))
+    handled = code != 0 and "Nothing to train on" in log and "Traceback" not in log
+    return handled, last_line_with(log, "Nothing to train on"), False
+
+
+def fault_resume_other_config(work, data):
+    out = os.path.join(work, "out")
+    args = [*dataset_args(data), *TINY, "SOLVER.MAX_ITER", "2", "DATASETS.TEST", "()", "OUTPUT_DIR", out]
+    train_net(work, *args)
+    before = {n: os.path.getmtime(os.path.join(out, n)) for n in os.listdir(out) if n != ".lock"}
+    code, log = train_net(work, "--resume", *args, "MODEL.RETINANET.CLS_LOSS_TYPE", "softmax_focal")
+    after = {n: os.path.getmtime(os.path.join(out, n)) for n in os.listdir(out) if n != ".lock"}
+    handled = code != 0 and "trained with another config" in log and before == after
+    return handled, last_line_with(log, "--resume would continue"), before != after
+
+
+def fault_two_runs_one_output_dir(work, data):
+    out = os.path.join(work, "out")
+    args = [*dataset_args(data), *TINY, "DATASETS.TEST", "()", "OUTPUT_DIR", out]
+    command = [sys.executable, os.path.join(REPO, "train_net.py"),
+               "--config-file", os.path.join(REPO, "configs", "quickstart.yaml"), *args, "SOLVER.MAX_ITER", "100000"]
+    first = subprocess.Popen(command, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not os.path.exists(os.path.join(out, "metrics.json")):
+        time.sleep(0.2)
+    code, log = train_net(work, *args, "SOLVER.MAX_ITER", "2")
+    first.send_signal(signal.SIGKILL)  # a killed run leaves no stale lock:
+    first.wait()
+    code_after, _ = train_net(work, *args, "SOLVER.MAX_ITER", "2")
+    handled = code != 0 and f"in use by another run (pid {first.pid}" in log and code_after == 0
+    return handled, last_line_with(log, "in use by another run") + " (after kill -9 of the first: a new run starts)", False
+
+
+def fault_missing_builtin_data(work, data):
+    command = [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file",
+               os.path.join(REPO, "configs", "retina_r101.yaml"), "OUTPUT_DIR", os.path.join(work, "out")]
+    proc = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONWARNINGS="ignore", DETECTRON2_DATASETS=os.path.join(work, "none")))
+    log = proc.stdout + proc.stderr
+    handled = proc.returncode != 0 and "make quickstart" in log and "Traceback" not in log
+    return handled, last_line_with(log, "Data set files are not on this machine"), False
+
+
+def fault_disk_full(work, data):
+    disk = os.path.join(work, "disk")
+    os.makedirs(disk, exist_ok=True)
+    # Room for one checkpoint of the quickstart model (27 MB with SGD's momentum), not two.
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", disk], capture_output=True).returncode == 0
+    if not mounted:
+        return False, "not run: mounting a small tmpfs is not allowed here (tests/test_faults.py simulates it)", False
+    try:
+        code, log = train_net(work, *dataset_args(data), *TINY, "SOLVER.MAX_ITER", "12",
+                              "SOLVER.CHECKPOINT_PERIOD", "5", "DATASETS.TEST", "()", "OUTPUT_DIR", disk)
+        intact = os.path.join(disk, "model_0000004.pth")
+        import torch
+
+        ok = torch.load(intact, map_location="cpu", weights_only=True)["iteration"] == 4
+        handled = code != 0 and "No space left on device" in log and f"intact: {intact}" in log and ok
+        return handled, last_line_with(log, "Could not write checkpoint"), not ok
+    finally:
+        subprocess.run(["umount", "-l", disk], capture_output=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep", help="a folder to keep the workspace in")
@@ -254,6 +369,13 @@ def main():
         ("missing image file", fault_missing_image, ()),
         ("json with an unknown category id", fault_bad_category, ()),
         ("--num-gpus 2 without CUDA", fault_two_cpu_processes, ()),
+        ("annotations that are not finite numbers (NaN, a string)", fault_nonfinite_annotation, ()),
+        ("image too large to decode safely (decompression bomb)", fault_decompression_bomb, ()),
+        ("nothing to train on (all annotations crowd)", fault_nothing_to_train_on, ()),
+        ("--resume into an OUTPUT_DIR trained with another loss", fault_resume_other_config, ()),
+        ("two runs in one OUTPUT_DIR at once", fault_two_runs_one_output_dir, ()),
+        ("configs/retina_r101.yaml without COCO on the machine", fault_missing_builtin_data, ()),
+        ("disk full while writing a checkpoint (40 MB tmpfs)", fault_disk_full, ()),
     ]
     rows = []
     for name, run, extra in faults:
