@@ -45,6 +45,19 @@ def add_retina_config(cfg):
     _C.MODEL.RETINANET.OHEM.BATCH_SIZE_PER_IMAGE = 128
     _C.MODEL.RETINANET.OHEM.NMS_THRESH = 0.5
     _C.MODEL.RETINANET.OHEM.POSITIVE_FRACTION = -1.0
+    # The focal-loss family after the paper (retina_plugin/losses/), defaults from each paper:
+    #   "quality_focal": QFL of GFL (Li et al. 2020), |y - p|^BETA times BCE to the IoU target;
+    #   "varifocal": VFL (Zhang et al. 2021), positives weighted by their IoU, negatives by
+    #       ALPHA * p^GAMMA;
+    #   "poly1_focal": Poly-1 (Leng et al. 2022), FL + EPSILON * (1 - p_t)^(gamma + 1), with
+    #       FOCAL_LOSS_ALPHA and FOCAL_LOSS_GAMMA.
+    _C.MODEL.RETINANET.QUALITY_FOCAL = CN()
+    _C.MODEL.RETINANET.QUALITY_FOCAL.BETA = 2.0
+    _C.MODEL.RETINANET.VARIFOCAL = CN()
+    _C.MODEL.RETINANET.VARIFOCAL.ALPHA = 0.75
+    _C.MODEL.RETINANET.VARIFOCAL.GAMMA = 2.0
+    _C.MODEL.RETINANET.POLY1 = CN()
+    _C.MODEL.RETINANET.POLY1.EPSILON = 1.0
     # How the sigmoid focal loss runs (retina_plugin/ops/focal_loss.py): "compiled" (one fused
     # loop by torch.compile), "eager" (plain PyTorch) or "auto" (compiled where it works).
     _C.MODEL.RETINANET.FOCAL_LOSS_IMPL = "auto"

@@ -4,6 +4,7 @@ from torch import nn
 from detectron2.config import configurable
 from detectron2.layers import cat
 from detectron2.structures import Boxes
+from detectron2.structures.boxes import matched_pairwise_iou
 from detectron2.modeling import META_ARCH_REGISTRY, build_anchor_generator, build_backbone
 from detectron2.modeling.box_regression import Box2BoxTransform, _dense_box_regression_loss
 from detectron2.modeling.matcher import Matcher
@@ -224,14 +225,18 @@ class FocalRetinaNet(RetinaNet):
         storage.put_scalar("loss_normalizer", normalizer)
 
         pred_logits = cat(pred_logits, dim=1)
-        loss_cls = self.cls_loss(pred_logits, gt_labels, Boxes.cat(anchors).tensor)
+        quality = None
+        if self.cls_loss.needs_quality:
+            quality = self.quality_targets(anchors, pred_anchor_deltas, gt_boxes, pos_mask)
+        loss_cls = self.cls_loss(pred_logits, gt_labels, Boxes.cat(anchors).tensor, quality=quality)
         if self.cls_loss.separable_over_anchors:
             with torch.no_grad():
                 # What focal-loss users watch: how much of the loss the background still
                 # makes. The loss of the few object anchors alone is cheap; the rest is
                 # background's.
                 object_loss = self.cls_loss(
-                    pred_logits[pos_mask][None], gt_labels[pos_mask][None], None
+                    pred_logits[pos_mask][None], gt_labels[pos_mask][None], None,
+                    quality=None if quality is None else quality[pos_mask][None],
                 )
                 share = 1.0 - (object_loss / loss_cls.detach().clamp(min=1e-12)).item()
             storage.put_scalar("cls_loss_background_share", share)
@@ -245,6 +250,24 @@ class FocalRetinaNet(RetinaNet):
             smooth_l1_beta=self.smooth_l1_beta,
         )
         return {"loss_cls": loss_cls / normalizer, "loss_box_reg": loss_box_reg / normalizer}
+
+
+    def quality_targets(self, anchors, pred_anchor_deltas, gt_boxes, pos_mask):
+        """
+        (N, R): for each positive anchor the IoU between its predicted box (deltas detached,
+        decoded by the model's Box2BoxTransform) and its matched ground-truth box; 0 elsewhere.
+        The target of the IoU-aware losses (ClassificationLoss.needs_quality).
+        """
+        anchor_boxes = Boxes.cat(anchors).tensor  # (R, 4)
+        deltas = cat(pred_anchor_deltas, dim=1).detach()  # (N, R, 4)
+        matched = torch.stack(gt_boxes)  # (N, R, 4)
+        quality = torch.zeros(pos_mask.shape, dtype=deltas.dtype, device=deltas.device)
+        if pos_mask.any():
+            predicted = self.box2box_transform.apply_deltas(
+                deltas[pos_mask], anchor_boxes.expand_as(deltas)[pos_mask]
+            )
+            quality[pos_mask] = matched_pairwise_iou(Boxes(predicted), Boxes(matched[pos_mask])).to(quality.dtype)
+        return quality
 
 
 class _NormalizerState:

@@ -75,6 +75,9 @@ def test_loss_variant_yamls_set_the_papers_settings(name, alpha, gamma):
         ("softmax_focal", "SoftmaxFocalLoss", {"alpha": 0.25, "gamma": 2.0}),
         ("ohem", "OHEMLoss", {"batch_size_per_image": 128, "nms_thresh": 0.5, "positive_fraction": -1}),
         ("ohem_1to3", "OHEMLoss", {"batch_size_per_image": 128, "positive_fraction": 0.25}),
+        ("quality_focal", "QualityFocalLoss", {"beta": 2.0}),
+        ("varifocal", "VarifocalLoss", {"alpha": 0.75, "gamma": 2.0}),
+        ("poly1_focal", "Poly1FocalLoss", {"alpha": 0.25, "gamma": 2.0, "epsilon": 1.0}),
     ],
 )
 def test_other_loss_yamls_select_their_loss(name, loss_type, settings):

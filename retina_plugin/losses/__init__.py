@@ -6,6 +6,9 @@ from .focal import FocalLoss
 from .focal_star import FocalStarLoss, sigmoid_focal_star_loss
 from .ohem import OHEMLoss, select_hard_anchors
 from .softmax_focal import SoftmaxFocalLoss, softmax_focal_loss
+from .quality_focal import QualityFocalLoss, quality_focal_loss
+from .varifocal import VarifocalLoss, varifocal_loss
+from .poly1_focal import Poly1FocalLoss, poly1_focal_loss
 
 __all__ = [
     "CLS_LOSS_REGISTRY",
@@ -15,6 +18,12 @@ __all__ = [
     "FocalStarLoss",
     "OHEMLoss",
     "SoftmaxFocalLoss",
+    "QualityFocalLoss",
+    "VarifocalLoss",
+    "Poly1FocalLoss",
+    "quality_focal_loss",
+    "varifocal_loss",
+    "poly1_focal_loss",
     "select_hard_anchors",
     "sigmoid_focal_loss",
     "sigmoid_focal_star_loss",

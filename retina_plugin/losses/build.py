@@ -10,9 +10,11 @@ CLS_LOSS_REGISTRY.__doc__ = """
 Registry for RetinaNet classification losses, selected by MODEL.RETINANET.CLS_LOSS_TYPE.
 
 A registered object is called as `obj(cfg)` and returns a ClassificationLoss: a module called
-as `loss(pred_logits, gt_labels, anchors)` with pred_logits (N, R, C) over all R anchors of all
-levels (C = loss.logits_per_anchor(K), K classes), gt_labels (N, R) integer (a class in [0, K),
-K for background, -1 for ignored anchors) and anchors (R, 4), the anchors' boxes (XYXY).
+as `loss(pred_logits, gt_labels, anchors, quality=None)` with pred_logits (N, R, C) over all R
+anchors of all levels (C = loss.logits_per_anchor(K), K classes), gt_labels (N, R) integer (a
+class in [0, K), K for background, -1 for ignored anchors), anchors (R, 4), the anchors' boxes
+(XYXY), and, for a loss whose `needs_quality` is True, quality (N, R): each positive anchor's
+IoU between its predicted box (detached) and its ground-truth box, 0 elsewhere.
 It returns the loss summed over anchors; the meta-architecture divides by the normaliser.
 An optional classmethod `check_config(cfg, check)` reports bad keys before anything is built.
 """
@@ -35,6 +37,9 @@ class ClassificationLoss(nn.Module):
     # Whether the loss is a sum of per-anchor terms, so that the loss of a subset of anchors
     # (the object anchors, for the cls_loss_background_share metric) is that subset's share.
     separable_over_anchors = True
+    # Whether forward needs `quality`, the IoU of each positive anchor's predicted box with its
+    # ground truth (the IoU-aware losses): FocalRetinaNet computes it only for such losses.
+    needs_quality = False
 
     @classmethod
     def check_config(cls, cfg, check):

@@ -70,7 +70,7 @@ class FocalLoss(ClassificationLoss):
             "num_classes": cfg.MODEL.RETINANET.NUM_CLASSES,
         }
 
-    def forward(self, pred_logits, gt_labels, anchors=None):
+    def forward(self, pred_logits, gt_labels, anchors=None, quality=None):
         """pred_logits (N, R, K), gt_labels (N, R) -> the loss summed over anchors."""
         return sigmoid_focal_loss(
             pred_logits, gt_labels, self.alpha, self.gamma, reduction="sum", impl=self.impl

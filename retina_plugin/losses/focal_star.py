@@ -76,7 +76,7 @@ class FocalStarLoss(ClassificationLoss):
     def class_scores(self, logits):
         return torch.sigmoid(self.gamma * logits + self.beta)
 
-    def forward(self, pred_logits, gt_labels, anchors=None):
+    def forward(self, pred_logits, gt_labels, anchors=None, quality=None):
         return sigmoid_focal_star_loss(pred_logits, gt_labels, self.alpha, self.gamma, self.beta)
 
     def extra_repr(self):

@@ -106,7 +106,7 @@ class OHEMLoss(ClassificationLoss):
             "impl": cfg.MODEL.RETINANET.FOCAL_LOSS_IMPL,
         }
 
-    def forward(self, pred_logits, gt_labels, anchors):
+    def forward(self, pred_logits, gt_labels, anchors, quality=None):
         num_classes = pred_logits.shape[-1]
         with torch.no_grad():
             anchor_losses = sigmoid_focal_loss(

@@ -75,7 +75,7 @@ class SoftmaxFocalLoss(ClassificationLoss):
     def class_scores(self, logits):
         return logits.softmax(dim=-1)[..., :-1]
 
-    def forward(self, pred_logits, gt_labels, anchors=None):
+    def forward(self, pred_logits, gt_labels, anchors=None, quality=None):
         return softmax_focal_loss(pred_logits, gt_labels, self.alpha, self.gamma)
 
     def extra_repr(self):

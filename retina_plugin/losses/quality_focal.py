@@ -1,0 +1,54 @@
+import torch
+from torch.nn import functional as F
+
+from detectron2.config import configurable
+
+from ..config import check_config_value
+from .build import CLS_LOSS_REGISTRY, ClassificationLoss
+from .targets import soft_class_targets
+
+
+def quality_focal_loss(logits, labels, quality, beta=2.0):
+    """
+    Quality focal loss of Li et al., "Generalized Focal Loss" (NeurIPS 2020), summed:
+
+        y   = the anchor's IoU quality at its own class, 0 at every other class
+        QFL = -|y - sigmoid(x)|^beta * ((1 - y) log(1 - sigmoid(x)) + y log(sigmoid(x)))
+
+    A sigmoid cross-entropy against a soft target, scaled by the distance to it: the class
+    score learns the localisation quality. Labels as sigmoid_focal_loss's (K background, -1
+    ignored); quality (N, R) as ClassificationLoss.needs_quality gives it.
+    """
+    x = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    target, valid = soft_class_targets(labels, x.shape[-1], quality.to(x.dtype))
+    loss = F.binary_cross_entropy_with_logits(x, target, reduction="none")
+    loss = loss * (target - torch.sigmoid(x)).abs().pow(beta)
+    return (loss * valid).sum()
+
+
+@CLS_LOSS_REGISTRY.register_as("quality_focal")
+class QualityFocalLoss(ClassificationLoss):
+    """QFL (GFL): MODEL.RETINANET.QUALITY_FOCAL.BETA. Its class score is an IoU-aware score."""
+
+    needs_quality = True
+
+    @configurable
+    def __init__(self, *, beta: float = 2.0):
+        super().__init__()
+        self.check_values(check_config_value, beta)
+        self.beta = float(beta)
+
+    @staticmethod
+    def check_values(check, beta):
+        ok = isinstance(beta, (int, float)) and not isinstance(beta, bool) and beta >= 1
+        check(ok, "MODEL.RETINANET.QUALITY_FOCAL.BETA", beta, "use a number >= 1 (the paper: 2)")
+
+    @classmethod
+    def from_config(cls, cfg):
+        return {"beta": cfg.MODEL.RETINANET.QUALITY_FOCAL.BETA}
+
+    def forward(self, pred_logits, gt_labels, anchors=None, quality=None):
+        return quality_focal_loss(pred_logits, gt_labels, quality, self.beta)
+
+    def extra_repr(self):
+        return f"beta={self.beta}"

@@ -1,0 +1,164 @@
+"""The focal-loss family after the paper (QFL, VFL, Poly-1) against their papers' formulas in
+float64, and the quality target FocalRetinaNet gives the IoU-aware losses."""
+import math
+
+import pytest
+import torch
+
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, pairwise_iou
+
+import retina_plugin
+from retina_plugin import ConfigValueError
+from retina_plugin.losses import poly1_focal_loss, quality_focal_loss, varifocal_loss
+
+from helpers import tiny_batch, tiny_cfg, train_step
+
+K = 4
+
+
+def inputs(seed=0, n=2, r=40, dtype=torch.float64, scale=3.0):
+    g = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(n, r, K, generator=g, dtype=dtype) * scale).requires_grad_()
+    labels = torch.randint(-1, K + 1, (n, r), generator=g)  # -1 ignored, K background
+    quality = torch.rand(n, r, generator=g, dtype=dtype) * (labels >= 0) * (labels < K)
+    return logits, labels, quality
+
+
+def direct(logits, labels, quality, pair_loss):
+    """Sum over (anchor, class) of pair_loss(x, y, q): y 1 for the anchor's class, q its quality."""
+    total = logits.new_zeros(())
+    for i in range(logits.shape[0]):
+        for j in range(logits.shape[1]):
+            if labels[i, j] < 0:
+                continue
+            for k in range(K):
+                y = 1.0 if labels[i, j] == k else 0.0
+                total = total + pair_loss(logits[i, j, k], y, quality[i, j] * y)
+    return total
+
+
+def qfl_pair(x, y, q, beta=2.0):
+    p = torch.sigmoid(x)
+    return -abs(q - p) ** beta * ((1 - q) * torch.log(1 - p) + q * torch.log(p))
+
+
+def vfl_pair(x, y, q, alpha=0.75, gamma=2.0):
+    p = torch.sigmoid(x)
+    if q > 0:
+        return -q * (q * torch.log(p) + (1 - q) * torch.log(1 - p))
+    return -alpha * p**gamma * torch.log(1 - p)
+
+
+def poly1_pair(x, y, q, alpha=0.25, gamma=2.0, epsilon=1.0):
+    p = torch.sigmoid(x)
+    p_t = p if y else 1 - p
+    alpha_t = alpha if y else 1 - alpha
+    return -alpha_t * (1 - p_t) ** gamma * torch.log(p_t) + epsilon * (1 - p_t) ** (gamma + 1)
+
+
+CASES = [
+    ("qfl", lambda x, l, q: quality_focal_loss(x, l, q, beta=2.0), qfl_pair),
+    ("qfl beta 1.5", lambda x, l, q: quality_focal_loss(x, l, q, beta=1.5), lambda x, y, q: qfl_pair(x, y, q, 1.5)),
+    ("vfl", lambda x, l, q: varifocal_loss(x, l, q, 0.75, 2.0), vfl_pair),
+    ("vfl 0.5, 1", lambda x, l, q: varifocal_loss(x, l, q, 0.5, 1.0), lambda x, y, q: vfl_pair(x, y, q, 0.5, 1.0)),
+    ("poly1", lambda x, l, q: poly1_focal_loss(x, l, 0.25, 2.0, 1.0), poly1_pair),
+    ("poly1 eps -1", lambda x, l, q: poly1_focal_loss(x, l, 0.25, 2.0, -1.0), lambda x, y, q: poly1_pair(x, y, q, epsilon=-1.0)),
+]
+
+
+@pytest.mark.parametrize("name, ours, pair", CASES, ids=[c[0] for c in CASES])
+def test_values_and_gradients_match_the_papers_formula(name, ours, pair):
+    logits, labels, quality = inputs(scale=2.0)
+    value = ours(logits, labels, quality)
+    (grad,) = torch.autograd.grad(value, logits)
+    reference = direct(logits, labels, quality, pair)
+    (reference_grad,) = torch.autograd.grad(reference, logits)
+    assert value.item() == pytest.approx(reference.item(), rel=1e-10)
+    assert torch.allclose(grad, reference_grad, rtol=1e-8, atol=1e-12)
+    # Ignored anchors give neither loss nor gradient.
+    assert torch.all(grad[labels < 0] == 0)
+
+
+@pytest.mark.parametrize("name, ours, pair", CASES, ids=[c[0] for c in CASES])
+def test_gradcheck_and_extreme_logits(name, ours, pair):
+    logits, labels, quality = inputs(n=1, r=6, seed=3, scale=1.0)
+    if name.startswith("poly1"):  # its fused focal part spends its gradient when reduced
+        epsilon = -1.0 if "-1" in name else 1.0
+        ours_unreduced = lambda x, l, q: poly1_focal_loss(x, l, 0.25, 2.0, epsilon, reduction="none")  # noqa: E731
+        assert torch.autograd.gradcheck(lambda x: ours_unreduced(x, labels, quality), (logits,))
+    else:
+        assert torch.autograd.gradcheck(lambda x: ours(x, labels, quality), (logits,))
+    extreme = (torch.tensor([-200.0, -30.0, 30.0, 200.0]).repeat(1, 6, 1)).requires_grad_()
+    value = ours(extreme, labels, quality.float())
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(extreme.grad).all()
+
+
+def test_poly1_takes_per_class_alpha():
+    logits, labels, quality = inputs()
+    alpha = (0.1, 0.2, 0.3, 0.4)
+    value = poly1_focal_loss(logits, labels, alpha, 2.0, 1.0)
+    total = logits.new_zeros(())
+    for i in range(logits.shape[0]):
+        for j in range(logits.shape[1]):
+            if labels[i, j] >= 0:
+                for k in range(K):
+                    y = labels[i, j] == k
+                    p = torch.sigmoid(logits[i, j, k])
+                    p_t = p if y else 1 - p
+                    a = alpha[k] if y else 1 - alpha[k]
+                    total = total - a * (1 - p_t) ** 2 * torch.log(p_t) + (1 - p_t) ** 3
+    assert value.item() == pytest.approx(total.item(), rel=1e-10)
+
+
+def test_quality_targets_are_ious_of_decoded_predictions():
+    cfg = tiny_cfg()
+    cfg.MODEL.RETINANET.CLS_LOSS_TYPE = "quality_focal"
+    model = build_model(cfg)
+    r = 30
+    anchors = [Boxes(torch.tensor([[0.0, 0.0, 10.0, 10.0]]).repeat(r, 1) + torch.arange(r).float()[:, None])]
+    g = torch.Generator().manual_seed(0)
+    deltas = [torch.randn(2, r, 4, generator=g) * 0.2]
+    gt_boxes = [torch.tensor([[2.0, 1.0, 14.0, 12.0]]).repeat(r, 1) for _ in range(2)]
+    pos_mask = torch.rand(2, r, generator=g) < 0.3
+    quality = model.quality_targets(anchors, deltas, gt_boxes, pos_mask)
+    for i in range(2):
+        for j in range(r):
+            if pos_mask[i, j]:
+                box = model.box2box_transform.apply_deltas(deltas[0][i, j][None], anchors[0].tensor[j][None])
+                expected = pairwise_iou(Boxes(box), Boxes(gt_boxes[i][j][None]))[0, 0]
+                assert quality[i, j].item() == pytest.approx(expected.item(), rel=1e-6)
+            else:
+                assert quality[i, j] == 0
+
+
+@pytest.mark.parametrize("loss_type", ["quality_focal", "varifocal", "poly1_focal"])
+def test_family_trains_in_focal_retinanet(loss_type):
+    cfg = tiny_cfg()
+    cfg.MODEL.RETINANET.CLS_LOSS_TYPE = loss_type
+    model = build_model(cfg)
+    losses, grads, storage = train_step(model, tiny_batch())
+    assert torch.isfinite(losses["loss_cls"]) and losses["loss_cls"] > 0
+    assert grads["head.cls_score.weight"].abs().sum() > 0
+    assert 0 <= storage.history("cls_loss_background_share").latest() <= 1
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("QUALITY_FOCAL.BETA", 0.5, "QUALITY_FOCAL.BETA = 0.5 is not allowed"),
+        ("VARIFOCAL.ALPHA", -0.1, "VARIFOCAL.ALPHA = -0.1 is not allowed"),
+        ("VARIFOCAL.GAMMA", -1.0, "VARIFOCAL.GAMMA = -1.0 is not allowed"),
+        ("POLY1.EPSILON", -2.0, "POLY1.EPSILON = -2.0 is not allowed"),
+    ],
+)
+def test_bad_values_of_the_family_are_named(key, value, message):
+    cfg = tiny_cfg()
+    cfg.MODEL.RETINANET.CLS_LOSS_TYPE = {"QUALITY_FOCAL": "quality_focal", "VARIFOCAL": "varifocal", "POLY1": "poly1_focal"}[key.split(".")[0]]
+    node, name = cfg.MODEL.RETINANET, key.split(".")
+    setattr(getattr(node, name[0]), name[1], value)
+    with pytest.raises(ConfigValueError, match=message.replace(".", r"\.")):
+        build_model(cfg)
+    assert math.isfinite(value)
+    assert retina_plugin.CLS_LOSS_REGISTRY.get(cfg.MODEL.RETINANET.CLS_LOSS_TYPE)
