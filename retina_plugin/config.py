@@ -56,6 +56,11 @@ def add_retina_config(cfg):
     _C.MODEL.RETINANET.VARIFOCAL = CN()
     _C.MODEL.RETINANET.VARIFOCAL.ALPHA = 0.75
     _C.MODEL.RETINANET.VARIFOCAL.GAMMA = 2.0
+    #   "ghm_c": GHM-C (Li et al. 2019), CE weighted by the inverse density of its gradient
+    #       norm over BINS bins, the density a moving average with MOMENTUM.
+    _C.MODEL.RETINANET.GHM_C = CN()
+    _C.MODEL.RETINANET.GHM_C.BINS = 30
+    _C.MODEL.RETINANET.GHM_C.MOMENTUM = 0.75
     _C.MODEL.RETINANET.POLY1 = CN()
     _C.MODEL.RETINANET.POLY1.EPSILON = 1.0
     # How the sigmoid focal loss runs (retina_plugin/ops/focal_loss.py): "compiled" (one fused

@@ -249,7 +249,9 @@ class FocalRetinaNet(RetinaNet):
             box_reg_loss_type=self.box_reg_loss_type,
             smooth_l1_beta=self.smooth_l1_beta,
         )
-        return {"loss_cls": loss_cls / normalizer, "loss_box_reg": loss_box_reg / normalizer}
+        if not self.cls_loss.normalized_by_itself:
+            loss_cls = loss_cls / normalizer
+        return {"loss_cls": loss_cls, "loss_box_reg": loss_box_reg / normalizer}
 
 
     def quality_targets(self, anchors, pred_anchor_deltas, gt_boxes, pos_mask):
@@ -275,9 +277,14 @@ class _NormalizerState:
         self.model = model
 
     def state_dict(self):
-        return {"loss_normalizer_ema": getattr(self.model, "loss_normalizer_ema", None)}
+        state = {"loss_normalizer_ema": getattr(self.model, "loss_normalizer_ema", None)}
+        if hasattr(self.model.cls_loss, "loss_state_dict"):  # a loss with state (GHM-C)
+            state.update(self.model.cls_loss.loss_state_dict())
+        return state
 
     def load_state_dict(self, state):
         value = state.get("loss_normalizer_ema")
         if value is not None:
             self.model.loss_normalizer_ema = float(value)
+        if hasattr(self.model.cls_loss, "load_loss_state_dict"):
+            self.model.cls_loss.load_loss_state_dict(state)

@@ -29,13 +29,13 @@ def test_every_cell_is_a_valid_config(key):
 
 def test_cells_shared_by_grids_train_once_and_keys_are_distinct():
     fl = {g: c.key for g, grid in GRIDS.items() for c in grid.cells if c.label.startswith("FL gamma 2, alpha 0.25")}
-    assert set(fl) == {"headline", "table1b", "table1d", "variants", "interaction"}
+    assert set(fl) == {"headline", "table1b", "table1d", "variants", "interaction", "family"}
     assert len(set(fl.values())) == 1
     for name, grid in GRIDS.items():
         assert len({c.key for c in grid.cells}) == len(grid.cells), name
-    # Shared: FL (2, 0.25) by five grids, balanced CE (0.75) by four, CE at alpha 0.25 and
+    # Shared: FL (2, 0.25) by six grids, balanced CE (0.75) by four, CE at alpha 0.25 and
     # 0.5 by two. CE in "init" trains without gradient clipping: not the CE of "headline".
-    assert len(distinct_cells()) == sum(len(g.cells) for g in GRIDS.values()) - 4 - 3 - 1 - 1
+    assert len(distinct_cells()) == sum(len(g.cells) for g in GRIDS.values()) - 5 - 3 - 1 - 1
 
 
 def test_reports_put_our_numbers_beside_the_papers(tmp_path):

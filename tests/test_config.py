@@ -78,6 +78,7 @@ def test_loss_variant_yamls_set_the_papers_settings(name, alpha, gamma):
         ("quality_focal", "QualityFocalLoss", {"beta": 2.0}),
         ("varifocal", "VarifocalLoss", {"alpha": 0.75, "gamma": 2.0}),
         ("poly1_focal", "Poly1FocalLoss", {"alpha": 0.25, "gamma": 2.0, "epsilon": 1.0}),
+        ("ghm_c", "GHMCLoss", {"bins": 30, "momentum": 0.75}),
     ],
 )
 def test_other_loss_yamls_select_their_loss(name, loss_type, settings):

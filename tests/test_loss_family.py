@@ -151,14 +151,86 @@ def test_family_trains_in_focal_retinanet(loss_type):
         ("VARIFOCAL.ALPHA", -0.1, "VARIFOCAL.ALPHA = -0.1 is not allowed"),
         ("VARIFOCAL.GAMMA", -1.0, "VARIFOCAL.GAMMA = -1.0 is not allowed"),
         ("POLY1.EPSILON", -2.0, "POLY1.EPSILON = -2.0 is not allowed"),
+        ("GHM_C.MOMENTUM", 1.0, "GHM_C.MOMENTUM = 1.0 is not allowed"),
+        ("GHM_C.BINS", 0, "GHM_C.BINS = 0 is not allowed"),
     ],
 )
 def test_bad_values_of_the_family_are_named(key, value, message):
     cfg = tiny_cfg()
-    cfg.MODEL.RETINANET.CLS_LOSS_TYPE = {"QUALITY_FOCAL": "quality_focal", "VARIFOCAL": "varifocal", "POLY1": "poly1_focal"}[key.split(".")[0]]
+    cfg.MODEL.RETINANET.CLS_LOSS_TYPE = {"QUALITY_FOCAL": "quality_focal", "VARIFOCAL": "varifocal", "POLY1": "poly1_focal", "GHM_C": "ghm_c"}[key.split(".")[0]]
     node, name = cfg.MODEL.RETINANET, key.split(".")
     setattr(getattr(node, name[0]), name[1], value)
     with pytest.raises(ConfigValueError, match=message.replace(".", r"\.")):
         build_model(cfg)
     assert math.isfinite(value)
     assert retina_plugin.CLS_LOSS_REGISTRY.get(cfg.MODEL.RETINANET.CLS_LOSS_TYPE)
+
+
+def ghm_direct(logits, labels, bins, density=None):
+    """GHM-C in float64, written from the paper: weights N / GD(g) / (non-empty bins)."""
+    x = logits.detach()
+    target = torch.zeros_like(x)
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            if 0 <= labels[i, j] < K:
+                target[i, j, labels[i, j]] = 1
+    valid = (labels >= 0)[..., None].expand_as(x)
+    g = (torch.sigmoid(x) - target).abs()
+    index = torch.clamp((g * bins).floor().long(), max=bins - 1)
+    counts = torch.tensor([float(((index == b) & valid).sum()) for b in range(bins)], dtype=x.dtype)
+    density = counts if density is None else density
+    n = valid.sum().item()
+    weights = torch.zeros_like(x)
+    for b in range(bins):
+        if counts[b] > 0:
+            weights[(index == b) & valid] = n / density[b].item() / int((counts > 0).sum())
+    bce = -(target * torch.nn.functional.logsigmoid(logits) + (1 - target) * torch.nn.functional.logsigmoid(-logits))
+    return (weights * bce).sum() / n, counts
+
+
+def test_ghm_c_matches_its_formula_and_its_moving_density():
+    from retina_plugin.losses import ghm_c_loss
+
+    logits, labels, _ = inputs(scale=3.0)
+    value = ghm_c_loss(logits, labels, bins=10, momentum=0.0)
+    reference, counts = ghm_direct(logits, labels, 10)
+    (grad,) = torch.autograd.grad(value, logits)
+    (reference_grad,) = torch.autograd.grad(reference, logits)
+    assert value.item() == pytest.approx(reference.item(), rel=1e-10)
+    assert torch.allclose(grad, reference_grad, rtol=1e-8, atol=1e-14) and torch.all(grad[labels < 0] == 0)
+    # With momentum, the density is a moving average over calls: 0.25 * counts after the first.
+    accumulated = torch.zeros(10, dtype=torch.float64)
+    ghm_c_loss(logits, labels, 10, 0.75, accumulated)
+    assert torch.allclose(accumulated, 0.25 * counts)
+    logits2, labels2, _ = inputs(seed=5, scale=3.0)
+    value2 = ghm_c_loss(logits2, labels2, 10, 0.75, accumulated)
+    _, counts2 = ghm_direct(logits2, labels2, 10)
+    expected = torch.where(counts2 > 0, 0.75 * 0.25 * counts + 0.25 * counts2, 0.25 * counts)
+    assert torch.allclose(accumulated, expected)
+    reference2, _ = ghm_direct(logits2, labels2, 10, density=expected)
+    assert value2.item() == pytest.approx(reference2.item(), rel=1e-10)
+    extreme = torch.tensor([-200.0, -30.0, 30.0, 200.0]).repeat(1, 6, 1).requires_grad_()
+    out = ghm_c_loss(extreme, labels[:1, :6], 10, 0.0)
+    out.backward()
+    assert torch.isfinite(out) and torch.isfinite(extreme.grad).all()
+
+
+def test_ghm_c_trains_unnormalised_and_its_state_is_checkpointed():
+    cfg = tiny_cfg()
+    cfg.MODEL.RETINANET.CLS_LOSS_TYPE = "ghm_c"
+    model = build_model(cfg)
+    assert "cls_loss.accumulated" not in model.state_dict()  # detectron2's keys only
+    losses, _, storage = train_step(model, tiny_batch())
+    # A mean over pairs already: about the CE of one pair, not divided by the positives.
+    assert 0 < losses["loss_cls"].item() < 5
+    state = model.normalizer_checkpointable().state_dict()
+    assert len(state["ghm_c_accumulated"]) == 30 and sum(state["ghm_c_accumulated"]) > 0
+    other = build_model(cfg)
+    other.normalizer_checkpointable().load_state_dict(state)
+    assert torch.equal(other.cls_loss.accumulated, model.cls_loss.accumulated)
+    # The same next step from the restored state: --resume stays exact.
+    torch.manual_seed(0)
+    other.load_state_dict(model.state_dict())
+    a, _, _ = train_step(model, tiny_batch(seed=1))
+    b, _, _ = train_step(other, tiny_batch(seed=1))
+    assert a["loss_cls"].item() == pytest.approx(b["loss_cls"].item(), rel=1e-6)

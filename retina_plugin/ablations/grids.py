@@ -213,6 +213,19 @@ GRIDS: Dict[str, Grid] = {
         note="The paper reports FL* in its appendix A (33.8 and 33.9 AP against FL's 34.0) "
         "and no softmax-FL number.",
     ),
+    "family": Grid(
+        "The focal-loss family after the paper: FL, QFL, VFL, GHM-C and Poly-1",
+        (
+            focal(0.25, 2, "FL gamma 2, alpha 0.25", 34.0),
+            _loss("quality_focal", "QFL (GFL), beta 2", **{"QUALITY_FOCAL.BETA": 2.0}),
+            _loss("varifocal", "VFL (VarifocalNet), alpha 0.75, gamma 2",
+                  **{"VARIFOCAL.ALPHA": 0.75, "VARIFOCAL.GAMMA": 2.0}),
+            _loss("ghm_c", "GHM-C, 30 bins, momentum 0.75", **{"GHM_C.BINS": 30, "GHM_C.MOMENTUM": 0.75}),
+            _loss("poly1_focal", "Poly-1 FL, epsilon 1", **{"FOCAL_LOSS_ALPHA": 0.25, "FOCAL_LOSS_GAMMA": 2.0,
+                                                            "POLY1.EPSILON": 1.0}),
+        ),
+        note="Each loss with its paper's default settings, all with the prior initialisation.",
+    ),
     "imbalance": Grid(
         "The imbalance sweep: balanced CE against FL as the data grows more imbalanced",
         sweep_cells(),

@@ -9,6 +9,7 @@ from .softmax_focal import SoftmaxFocalLoss, softmax_focal_loss
 from .quality_focal import QualityFocalLoss, quality_focal_loss
 from .varifocal import VarifocalLoss, varifocal_loss
 from .poly1_focal import Poly1FocalLoss, poly1_focal_loss
+from .ghm_c import GHMCLoss, ghm_c_loss
 
 __all__ = [
     "CLS_LOSS_REGISTRY",
@@ -21,6 +22,8 @@ __all__ = [
     "QualityFocalLoss",
     "VarifocalLoss",
     "Poly1FocalLoss",
+    "GHMCLoss",
+    "ghm_c_loss",
     "quality_focal_loss",
     "varifocal_loss",
     "poly1_focal_loss",

@@ -40,6 +40,9 @@ class ClassificationLoss(nn.Module):
     # Whether forward needs `quality`, the IoU of each positive anchor's predicted box with its
     # ground truth (the IoU-aware losses): FocalRetinaNet computes it only for such losses.
     needs_quality = False
+    # Whether the loss is a mean already (GHM-C's 1 / N), not a sum the model divides by its
+    # loss normaliser.
+    normalized_by_itself = False
 
     @classmethod
     def check_config(cls, cfg, check):
