@@ -50,14 +50,14 @@ def add_retina_config(cfg):
     #   "varifocal": VFL (Zhang et al. 2021), positives weighted by their IoU, negatives by
     #       ALPHA * p^GAMMA;
     #   "poly1_focal": Poly-1 (Leng et al. 2022), FL + EPSILON * (1 - p_t)^(gamma + 1), with
-    #       FOCAL_LOSS_ALPHA and FOCAL_LOSS_GAMMA.
+    #       FOCAL_LOSS_ALPHA and FOCAL_LOSS_GAMMA;
+    #   "ghm_c": GHM-C (Li et al. 2019), CE weighted by the inverse density of its gradient
+    #       norm over BINS bins, the density a moving average with MOMENTUM.
     _C.MODEL.RETINANET.QUALITY_FOCAL = CN()
     _C.MODEL.RETINANET.QUALITY_FOCAL.BETA = 2.0
     _C.MODEL.RETINANET.VARIFOCAL = CN()
     _C.MODEL.RETINANET.VARIFOCAL.ALPHA = 0.75
     _C.MODEL.RETINANET.VARIFOCAL.GAMMA = 2.0
-    #   "ghm_c": GHM-C (Li et al. 2019), CE weighted by the inverse density of its gradient
-    #       norm over BINS bins, the density a moving average with MOMENTUM.
     _C.MODEL.RETINANET.GHM_C = CN()
     _C.MODEL.RETINANET.GHM_C.BINS = 30
     _C.MODEL.RETINANET.GHM_C.MOMENTUM = 0.75
