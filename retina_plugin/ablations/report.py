@@ -178,7 +178,8 @@ def curves_of(cell: Cell, results, seeds=None):
     for result in cell_runs(cell, results, seeds):
         if result is not None:
             for iteration, ap in result.curve:
-                by_iteration.setdefault(iteration, []).append(ap)
+                # COCOEvaluator's NaN means the model detected nothing: an AP of 0 (as Result).
+                by_iteration.setdefault(iteration, []).append(ap if ap == ap else 0.0)
     return [(it, *mean_std(aps), len(aps)) for it, aps in sorted(by_iteration.items())]
 
 
