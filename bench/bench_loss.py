@@ -1,8 +1,10 @@
 """
-Benchmark 1 of issue 4: the focal loss, forward + backward, against fvcore and torchvision.
+Benchmark 1 of issue 4: the focal loss, forward + backward, against fvcore and torchvision;
+with --family, the losses after the paper (QFL, VFL, Poly-1), each blocked op against the plain
+PyTorch version of itself.
 
     python bench/bench_loss.py [--sizes 50000 200000 800000] [--classes 80] [--repeats 7]
-        [--device cpu|cuda] [--dtype float32|float16|bfloat16]
+        [--device cpu|cuda] [--dtype float32|float16|bfloat16] [--family]
 
 For each anchors x classes it prints the median time of forward + backward (sum reduction) of
 - ours: retina_plugin.sigmoid_focal_loss, compiled and eager, on integer labels;
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 from fvcore.nn import sigmoid_focal_loss_jit
 from torchvision.ops import sigmoid_focal_loss as torchvision_focal_loss
 
+from retina_plugin.losses import poly1_focal_loss, quality_focal_loss, varifocal_loss
 from retina_plugin.ops import sigmoid_focal_loss
 
 
@@ -56,6 +59,23 @@ def candidates(logits, labels, alpha=0.25, gamma=2.0):
         "fvcore jit": reference(sigmoid_focal_loss_jit),
         "torchvision": reference(torchvision_focal_loss),
         "copy (floor)": lambda x: x.detach().clone(),
+    }
+
+
+def family_candidates(logits, labels):
+    """name -> forward + backward of QFL, VFL and Poly-1, blocked and plain, on the same inputs."""
+    g = torch.Generator().manual_seed(1)
+    positive = (labels >= 0) & (labels < logits.shape[1])
+    quality = (torch.rand(labels.shape, generator=g).to(logits.device) * positive).to(logits.dtype)
+    losses = {
+        "QFL": lambda x, impl: quality_focal_loss(x, labels, quality, 2.0, impl=impl),
+        "VFL": lambda x, impl: varifocal_loss(x, labels, quality, 0.75, 2.0, impl=impl),
+        "Poly-1": lambda x, impl: poly1_focal_loss(x, labels, 0.25, 2.0, 1.0, impl=impl),
+    }
+    return {
+        f"{name} {impl}": (lambda loss, impl: lambda x: loss(x, impl).backward())(loss, impl)
+        for name, loss in losses.items()
+        for impl in ("blocked", "plain")
     }
 
 
@@ -107,12 +127,15 @@ def main():
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--family", action="store_true", help="QFL, VFL, Poly-1: blocked against plain")
     args = parser.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, {args.dtype}")
     if device.type == "cuda":
         print(f"GPU: {torch.cuda.get_device_name()}")
 
+    if args.family:
+        return main_family(args, device, dtype)
     header = f"{'anchors x classes':>18} {'implementation':>16} {'ms':>9} {'vs fvcore':>10} {'vs copy':>8} {'extra MB':>9} {'fvcore/mem':>10}"
     print(header)
     for num_anchors in args.sizes:
@@ -128,6 +151,18 @@ def main():
                 f"{fvcore_time / seconds:9.2f}x {seconds / copy_time:7.2f}x {extra / 2**20:9.1f} "
                 f"{fvcore_bytes / max(extra, 1):9.2f}x"
             )
+
+
+def main_family(args, device, dtype):
+    print(f"{'anchors x classes':>18} {'implementation':>16} {'ms':>9} {'plain/this':>10} {'extra MB':>9} {'plain/mem':>10}")
+    for num_anchors in args.sizes:
+        logits, labels = make_inputs(num_anchors, args.classes, device, dtype)
+        results = {name: (median_time(fn, logits, args.repeats), peak_extra_bytes(fn, logits))
+                   for name, fn in family_candidates(logits, labels).items()}
+        for name, (seconds, extra) in results.items():
+            plain_time, plain_bytes = results[name.rsplit(" ", 1)[0] + " plain"]
+            print(f"{num_anchors:>9} x {args.classes:<6} {name:>16} {seconds * 1e3:9.1f} "
+                  f"{plain_time / seconds:9.2f}x {extra / 2**20:9.1f} {plain_bytes / max(extra, 1):9.2f}x")
 
 
 if __name__ == "__main__":

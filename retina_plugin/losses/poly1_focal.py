@@ -6,11 +6,12 @@ from detectron2.config import configurable
 
 from ..config import check_config_value
 from ..ops.focal_loss import sigmoid_focal_loss
+from ..ops.pair_losses import blocked_pair_loss, poly1_focal_kernel
 from .build import CLS_LOSS_REGISTRY, ClassificationLoss
 from .focal import alpha_from_config, as_alpha, check_alpha
 
 
-def poly1_focal_loss(logits, labels, alpha=0.25, gamma=2.0, epsilon=1.0, reduction="sum"):
+def poly1_focal_loss(logits, labels, alpha=0.25, gamma=2.0, epsilon=1.0, reduction="sum", impl="blocked"):
     """
     Poly-1 focal loss of Leng et al., "PolyLoss" (ICLR 2022), summed:
 
@@ -19,8 +20,14 @@ def poly1_focal_loss(logits, labels, alpha=0.25, gamma=2.0, epsilon=1.0, reducti
     the focal loss (sigmoid_focal_loss, fused) plus its first polynomial term, reweighted by
     epsilon (> 0 weighs hard examples more, < 0 less; 0 is FL). 1 - p_t = sigmoid(-x_t), with
     x_t = x for the anchor's own class and -x for the others; ignored anchors give nothing.
-    `reduction` "sum" or "none" (per (anchor, class), as sigmoid_focal_loss's).
+    `reduction` "sum" or "none" (per (anchor, class), as sigmoid_focal_loss's). `impl`:
+    "blocked" (both terms and their closed-form gradient in one pass, ops/pair_losses.py) or
+    "plain" (the fused focal loss plus the polynomial term by autograd).
     """
+    if impl == "blocked":
+        if isinstance(alpha, (list, tuple)):
+            alpha = torch.tensor(alpha, dtype=torch.float64, device=logits.device)
+        return blocked_pair_loss(poly1_focal_kernel, logits, labels, None, (alpha, gamma, epsilon), reduction)
     focal = sigmoid_focal_loss(logits, labels, alpha, gamma, reduction=reduction, impl="eager")
     x = logits.to(torch.promote_types(logits.dtype, torch.float32))
     is_target = labels.unsqueeze(-1) == torch.arange(x.shape[-1], device=x.device)

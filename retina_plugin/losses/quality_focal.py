@@ -4,11 +4,12 @@ from torch.nn import functional as F
 from detectron2.config import configurable
 
 from ..config import check_config_value
+from ..ops.pair_losses import blocked_pair_loss, quality_focal_kernel
 from .build import CLS_LOSS_REGISTRY, ClassificationLoss
 from .targets import soft_class_targets
 
 
-def quality_focal_loss(logits, labels, quality, beta=2.0):
+def quality_focal_loss(logits, labels, quality, beta=2.0, impl="blocked"):
     """
     Quality focal loss of Li et al., "Generalized Focal Loss" (NeurIPS 2020), summed:
 
@@ -17,8 +18,11 @@ def quality_focal_loss(logits, labels, quality, beta=2.0):
 
     A sigmoid cross-entropy against a soft target, scaled by the distance to it: the class
     score learns the localisation quality. Labels as sigmoid_focal_loss's (K background, -1
-    ignored); quality (N, R) as ClassificationLoss.needs_quality gives it.
+    ignored); quality (N, R) as ClassificationLoss.needs_quality gives it. `impl`: "blocked"
+    (loss and closed-form gradient block by block, ops/pair_losses.py) or "plain" (autograd).
     """
+    if impl == "blocked":
+        return blocked_pair_loss(quality_focal_kernel, logits, labels, quality, (beta,))
     x = logits.to(torch.promote_types(logits.dtype, torch.float32))
     target, valid = soft_class_targets(labels, x.shape[-1], quality.to(x.dtype))
     loss = F.binary_cross_entropy_with_logits(x, target, reduction="none")

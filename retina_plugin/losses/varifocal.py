@@ -4,11 +4,12 @@ from torch.nn import functional as F
 from detectron2.config import configurable
 
 from ..config import check_config_value
+from ..ops.pair_losses import blocked_pair_loss, varifocal_kernel
 from .build import CLS_LOSS_REGISTRY, ClassificationLoss
 from .targets import soft_class_targets
 
 
-def varifocal_loss(logits, labels, quality, alpha=0.75, gamma=2.0):
+def varifocal_loss(logits, labels, quality, alpha=0.75, gamma=2.0, impl="blocked"):
     """
     Varifocal loss of Zhang et al., "VarifocalNet" (CVPR 2021), summed over (anchor, class):
 
@@ -19,7 +20,10 @@ def varifocal_loss(logits, labels, quality, alpha=0.75, gamma=2.0):
 
     Positives are weighted by their own quality, not down-weighted by a focal factor; only the
     negatives are. Labels as sigmoid_focal_loss's; quality as ClassificationLoss.needs_quality.
+    `impl`: "blocked" (ops/pair_losses.py) or "plain" (autograd).
     """
+    if impl == "blocked":
+        return blocked_pair_loss(varifocal_kernel, logits, labels, quality, (alpha, gamma))
     x = logits.to(torch.promote_types(logits.dtype, torch.float32))
     target, valid = soft_class_targets(labels, x.shape[-1], quality.to(x.dtype))
     weight = torch.where(target > 0, target, alpha * torch.sigmoid(x).pow(gamma))

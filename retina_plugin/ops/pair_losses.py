@@ -1,0 +1,119 @@
+"""
+The focal-loss family after the paper (QFL, VFL, Poly-1) as blocked ops, the approach of
+focal_loss.py's eager path: each block of anchors computes its loss and its closed-form
+gradient in one pass, with the (anchor, class) targets built per block from the integer labels,
+so that the gradient is the only full-size tensor allocated (no one-hot, target or weight tensor
+of the whole input). Each kernel takes x (B, K) float32+, labels (B,) and quality (B,) and
+returns (loss, d loss / d x), both (B, K), zero for ignored anchors (label < 0).
+bench/bench_loss.py --family measures them against the plain PyTorch versions of themselves.
+"""
+import torch
+from torch.autograd.function import once_differentiable
+from torch.nn import functional as F
+
+from .focal_loss import EAGER_BLOCK_ELEMENTS
+
+
+def _power(t, exponent):
+    """t ** exponent, as products for a small whole exponent (as focal_loss.py does for gamma):
+    cheaper than pow, which takes exp(exponent * log(t)) per element."""
+    if float(exponent).is_integer() and 0 <= exponent <= 4:
+        result = torch.ones_like(t)
+        for _ in range(int(exponent)):
+            result = result * t
+        return result
+    return t.pow(exponent)
+
+
+def _targets(x, labels, quality):
+    is_target = labels.unsqueeze(-1) == torch.arange(x.shape[-1], device=x.device)
+    q = torch.zeros_like(x) if quality is None else torch.where(is_target, quality.unsqueeze(-1).to(x.dtype), 0.0)
+    return is_target, q, (labels >= 0).unsqueeze(-1)
+
+
+def quality_focal_kernel(x, labels, quality, beta):
+    """QFL = |y - p|^beta * BCE(x, y); d/dx = beta |u|^(beta-1) sign(u) p (1 - p) BCE + |u|^beta u, u = p - y."""
+    _, y, valid = _targets(x, labels, quality)
+    p = torch.sigmoid(x)
+    bce = F.softplus(x) - x * y
+    u = p - y
+    below = _power(u.abs(), beta - 1)
+    scale = below * u.abs()
+    loss = bce * scale
+    grad = beta * below * torch.sign(u) * p * (1 - p) * bce + scale * u
+    return loss * valid, grad * valid
+
+
+def varifocal_kernel(x, labels, quality, alpha, gamma):
+    """VFL: q (BCE(x, q)) where q > 0, alpha p^gamma softplus(x) where q = 0, and their gradients
+    q (p - q) and alpha p^gamma (gamma (1 - p) softplus(x) + p)."""
+    _, q, valid = _targets(x, labels, quality)
+    p = torch.sigmoid(x)
+    positive = q > 0
+    bce = F.softplus(x) - x * q
+    p_gamma = _power(p, gamma)
+    loss = torch.where(positive, q * bce, alpha * p_gamma * bce)
+    grad = torch.where(positive, q * (p - q), alpha * p_gamma * (gamma * (1 - p) * bce + p))
+    return loss * valid, grad * valid
+
+
+def poly1_focal_kernel(x, labels, quality, alpha, gamma, epsilon):
+    """
+    FL + epsilon (1 - p_t)^(gamma + 1) with x_t = s x (s = 1 for the own class, -1 else):
+    d/dx_t = alpha_t (1 - p_t)^gamma (gamma p_t log p_t + p_t - 1) - epsilon (gamma + 1) (1 - p_t)^(gamma + 1) p_t.
+    alpha: a float (-1 for none) or a (K,) tensor.
+    """
+    is_target, _, valid = _targets(x, labels, None)
+    sign = torch.where(is_target, 1.0, -1.0).to(x.dtype)
+    x_t = sign * x
+    log_p_t = -F.softplus(-x_t)
+    p_t = torch.exp(log_p_t)
+    one_minus = torch.sigmoid(-x_t)
+    modulating = _power(one_minus, gamma)
+    if isinstance(alpha, torch.Tensor) or alpha >= 0:
+        alpha = torch.as_tensor(alpha, dtype=x.dtype, device=x.device)
+        alpha_t = torch.where(is_target, alpha, 1 - alpha)
+    else:
+        alpha_t = torch.ones((), dtype=x.dtype, device=x.device)
+    poly = one_minus * modulating  # (1 - p_t)^(gamma + 1)
+    loss = -alpha_t * modulating * log_p_t + epsilon * poly
+    grad_t = alpha_t * modulating * (gamma * p_t * log_p_t + p_t - 1) - epsilon * (gamma + 1) * poly * p_t
+    return loss * valid, sign * grad_t * valid
+
+
+class _BlockedPairLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, labels, quality, kernel, arguments, reduction):
+        shape = logits.shape
+        x_all = logits.reshape(-1, shape[-1])
+        labels_all = labels.reshape(-1)
+        quality_all = None if quality is None else quality.reshape(-1)
+        compute = torch.promote_types(logits.dtype, torch.float32)
+        grad = torch.empty(x_all.shape, dtype=compute, device=logits.device)
+        per_element = torch.empty_like(grad) if reduction == "none" else None
+        total = torch.zeros((), dtype=compute, device=logits.device)
+        rows = max(1, EAGER_BLOCK_ELEMENTS // max(1, shape[-1]))
+        for start in range(0, x_all.shape[0], rows):
+            block = slice(start, start + rows)
+            q = None if quality_all is None else quality_all[block]
+            loss, grad[block] = kernel(x_all[block].to(compute), labels_all[block], q, *arguments)
+            if per_element is None:
+                total = total + loss.sum()
+            else:
+                per_element[block] = loss
+        ctx.save_for_backward(grad)
+        ctx.shape, ctx.dtype, ctx.reduction = shape, logits.dtype, reduction
+        return total if per_element is None else per_element.reshape(shape)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss):
+        (grad,) = ctx.saved_tensors
+        scale = grad_loss if ctx.reduction == "sum" else grad_loss.reshape(grad.shape)
+        return (grad * scale).reshape(ctx.shape).to(ctx.dtype), None, None, None, None, None
+
+
+def blocked_pair_loss(kernel, logits, labels, quality=None, arguments=(), reduction="sum"):
+    """Sum (or, with reduction "none", the per-pair values) of `kernel` over all (anchor, class)
+    pairs, computed block by block with its closed-form gradient."""
+    return _BlockedPairLoss.apply(logits, labels, quality, kernel, tuple(arguments), reduction)
