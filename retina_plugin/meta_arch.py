@@ -225,19 +225,20 @@ class FocalRetinaNet(RetinaNet):
         storage.put_scalar("loss_normalizer", normalizer)
 
         pred_logits = cat(pred_logits, dim=1)
+        # Only a loss that asks gets (and costs) the quality target: losses written for the
+        # three-argument call keep working.
         quality = None
         if self.cls_loss.needs_quality:
             quality = self.quality_targets(anchors, pred_anchor_deltas, gt_boxes, pos_mask)
-        loss_cls = self.cls_loss(pred_logits, gt_labels, Boxes.cat(anchors).tensor, quality=quality)
+        extra = {} if quality is None else {"quality": quality}
+        loss_cls = self.cls_loss(pred_logits, gt_labels, Boxes.cat(anchors).tensor, **extra)
         if self.cls_loss.separable_over_anchors:
             with torch.no_grad():
                 # What focal-loss users watch: how much of the loss the background still
                 # makes. The loss of the few object anchors alone is cheap; the rest is
                 # background's.
-                object_loss = self.cls_loss(
-                    pred_logits[pos_mask][None], gt_labels[pos_mask][None], None,
-                    quality=None if quality is None else quality[pos_mask][None],
-                )
+                extra = {} if quality is None else {"quality": quality[pos_mask][None]}
+                object_loss = self.cls_loss(pred_logits[pos_mask][None], gt_labels[pos_mask][None], None, **extra)
                 share = 1.0 - (object_loss / loss_cls.detach().clamp(min=1e-12)).item()
             storage.put_scalar("cls_loss_background_share", share)
         loss_box_reg = _dense_box_regression_loss(

@@ -58,7 +58,10 @@ def test_two_cpu_processes_train_and_evaluate_like_one(tmp_path):
     log2, model2, ap2 = run(tmp_path, data, 2)
     assert "world size: 2" in log2.lower() or "Rank of current process: 1" in log2
     log1, model1, ap1 = run(tmp_path, data, 1)
+    # Float32 sums in another order (gloo's all-reduce, the convolutions' threads) differ by up
+    # to about 2e-5 in the stem after 3 steps on a loaded machine; a per-process normaliser
+    # would scale whole updates instead.
     for key, value in model1.items():
         if value.is_floating_point():
-            torch.testing.assert_close(model2[key], value, rtol=1e-3, atol=1e-5, msg=key)
+            torch.testing.assert_close(model2[key], value, rtol=1e-3, atol=1e-4, msg=key)
     assert ap2 == pytest.approx(ap1, abs=1.0)

@@ -10,7 +10,7 @@ CLS_LOSS_REGISTRY.__doc__ = """
 Registry for RetinaNet classification losses, selected by MODEL.RETINANET.CLS_LOSS_TYPE.
 
 A registered object is called as `obj(cfg)` and returns a ClassificationLoss: a module called
-as `loss(pred_logits, gt_labels, anchors, quality=None)` with pred_logits (N, R, C) over all R
+as `loss(pred_logits, gt_labels, anchors)` (and `quality=` when it asks for it) with pred_logits (N, R, C) over all R
 anchors of all levels (C = loss.logits_per_anchor(K), K classes), gt_labels (N, R) integer (a
 class in [0, K), K for background, -1 for ignored anchors), anchors (R, 4), the anchors' boxes
 (XYXY), and, for a loss whose `needs_quality` is True, quality (N, R): each positive anchor's
