@@ -126,9 +126,9 @@ def setup(args):
             "SOLVER.AMP.ENABLED = True is not allowed without CUDA: detectron2's AMPTrainer "
             "needs a GPU. Set SOLVER.AMP.ENABLED False on the CPU."
         )
+    check_datasets_present((*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST))
     # detectron2's default device is "cuda"; on a machine without one, run on the CPU
     # instead of failing at the first tensor moved there.
-    check_datasets_present((*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST))
     cpu_fallback = cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available()
     if cpu_fallback:
         cfg.MODEL.DEVICE = "cpu"
