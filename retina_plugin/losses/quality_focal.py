@@ -4,9 +4,8 @@ from torch.nn import functional as F
 from detectron2.config import configurable
 
 from ..config import check_config_value
-from ..ops.pair_losses import blocked_pair_loss, quality_focal_kernel
+from ..ops.pair_losses import blocked_pair_loss, class_targets, quality_focal_kernel
 from .build import CLS_LOSS_REGISTRY, ClassificationLoss
-from .targets import soft_class_targets
 
 
 def quality_focal_loss(logits, labels, quality, beta=2.0, impl="blocked"):
@@ -24,7 +23,7 @@ def quality_focal_loss(logits, labels, quality, beta=2.0, impl="blocked"):
     if impl == "blocked":
         return blocked_pair_loss(quality_focal_kernel, logits, labels, quality, (beta,))
     x = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    target, valid = soft_class_targets(labels, x.shape[-1], quality.to(x.dtype))
+    _, target, valid = class_targets(x, labels, quality)
     loss = F.binary_cross_entropy_with_logits(x, target, reduction="none")
     loss = loss * (target - torch.sigmoid(x)).abs().pow(beta)
     return (loss * valid).sum()

@@ -4,9 +4,8 @@ from torch.nn import functional as F
 from detectron2.config import configurable
 
 from ..config import check_config_value
-from ..ops.pair_losses import blocked_pair_loss, varifocal_kernel
+from ..ops.pair_losses import blocked_pair_loss, class_targets, varifocal_kernel
 from .build import CLS_LOSS_REGISTRY, ClassificationLoss
-from .targets import soft_class_targets
 
 
 def varifocal_loss(logits, labels, quality, alpha=0.75, gamma=2.0, impl="blocked"):
@@ -25,7 +24,7 @@ def varifocal_loss(logits, labels, quality, alpha=0.75, gamma=2.0, impl="blocked
     if impl == "blocked":
         return blocked_pair_loss(varifocal_kernel, logits, labels, quality, (alpha, gamma))
     x = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    target, valid = soft_class_targets(labels, x.shape[-1], quality.to(x.dtype))
+    _, target, valid = class_targets(x, labels, quality)
     weight = torch.where(target > 0, target, alpha * torch.sigmoid(x).pow(gamma))
     loss = F.binary_cross_entropy_with_logits(x, target, reduction="none") * weight
     return (loss * valid).sum()

@@ -25,7 +25,12 @@ def _power(t, exponent):
     return t.pow(exponent)
 
 
-def _targets(x, labels, quality):
+def class_targets(x, labels, quality):
+    """
+    For logits x (..., K): whether each (anchor, class) is the anchor's own class; the target,
+    the anchor's quality there (its IoU, ClassificationLoss.needs_quality) and 0 elsewhere (all
+    0 without quality); and the (..., 1) mask of anchors that count (label >= 0).
+    """
     is_target = labels.unsqueeze(-1) == torch.arange(x.shape[-1], device=x.device)
     q = torch.zeros_like(x) if quality is None else torch.where(is_target, quality.unsqueeze(-1).to(x.dtype), 0.0)
     return is_target, q, (labels >= 0).unsqueeze(-1)
@@ -33,7 +38,7 @@ def _targets(x, labels, quality):
 
 def quality_focal_kernel(x, labels, quality, beta):
     """QFL = |y - p|^beta * BCE(x, y); d/dx = beta |u|^(beta-1) sign(u) p (1 - p) BCE + |u|^beta u, u = p - y."""
-    _, y, valid = _targets(x, labels, quality)
+    _, y, valid = class_targets(x, labels, quality)
     p = torch.sigmoid(x)
     bce = F.softplus(x) - x * y
     u = p - y
@@ -47,7 +52,7 @@ def quality_focal_kernel(x, labels, quality, beta):
 def varifocal_kernel(x, labels, quality, alpha, gamma):
     """VFL: q (BCE(x, q)) where q > 0, alpha p^gamma softplus(x) where q = 0, and their gradients
     q (p - q) and alpha p^gamma (gamma (1 - p) softplus(x) + p)."""
-    _, q, valid = _targets(x, labels, quality)
+    _, q, valid = class_targets(x, labels, quality)
     p = torch.sigmoid(x)
     positive = q > 0
     bce = F.softplus(x) - x * q
@@ -63,7 +68,7 @@ def poly1_focal_kernel(x, labels, quality, alpha, gamma, epsilon):
     d/dx_t = alpha_t (1 - p_t)^gamma (gamma p_t log p_t + p_t - 1) - epsilon (gamma + 1) (1 - p_t)^(gamma + 1) p_t.
     alpha: a float (-1 for none) or a (K,) tensor.
     """
-    is_target, _, valid = _targets(x, labels, None)
+    is_target, _, valid = class_targets(x, labels, None)
     sign = torch.where(is_target, 1.0, -1.0).to(x.dtype)
     x_t = sign * x
     log_p_t = -F.softplus(-x_t)
