@@ -195,3 +195,45 @@ def test_progress_names_running_runs_their_iteration_and_an_eta(tmp_path):
     line = progress.line()
     assert line.startswith("runs done 2 of 6; [FL gamma 2, alpha 0.25, seed 0: starting]; ETA ")
     assert line.endswith("(20 min)")  # 4 runs left, 600 s each, 2 at once
+
+
+def test_a_run_with_the_same_resolved_config_is_reused_not_retrained(tmp_path):
+    from retina_plugin.ablations.runner import resolved_config
+
+    config = os.path.join(REPO, "configs", "quickstart.yaml")
+    cell = Cell("FL", (("MODEL.RETINANET.FOCAL_LOSS_GAMMA", 2.0), ("SEED", 0)))
+    other = Cell("FL elsewhere", (("MODEL.RETINANET.FOCAL_LOSS_GAMMA", 2.0), ("SEED", 0), ("DATASETS.TRAIN", "('retina_shapes_train',)")))
+    # A finished run of another output directory, trained with the same config (its own OUTPUT_DIR).
+    before = tmp_path / "before" / "cells" / other.key
+    before.mkdir(parents=True)
+    cfg = resolved_config(config, (), other.opts() + ["OUTPUT_DIR", str(before), "MODEL.DEVICE", "cpu"])
+    (before / "config.yaml").write_text(cfg.dump())
+    (before / "metrics.json").write_text('{"iteration": 9, "bbox/AP": 41.5}\n')
+    write_result = Result("ok", metrics_of(41.5), curve=[(9, 41.5)])
+    import json
+
+    (before / "result.json").write_text(json.dumps(write_result.__dict__))
+    changed = Cell("FL, seed 1", (("MODEL.RETINANET.FOCAL_LOSS_GAMMA", 2.0), ("SEED", 1)))
+    grid = Grid("reuse", (cell, changed))
+    out = tmp_path / "now"
+    trained = []
+
+    def config_of(c):
+        return resolved_config(config, (), c.opts())
+
+    def run_cell(c, out_dir, *args, **kwargs):  # trains nothing: records what it would train
+        done = ablations.finished_result(c, out_dir)
+        return done if done is not None else trained.append(c.key) or Result("failed")
+
+    import unittest.mock
+
+    with unittest.mock.patch.dict(GRIDS, {"reuse": grid}), \
+            unittest.mock.patch.object(ablations.runner, "run_cell", run_cell):
+        results = run_grids(["reuse"], str(out), [], reuse_from=[str(tmp_path / "before")], config_of=config_of, log=lambda line: None)
+    # The same config (a different OUTPUT_DIR and device) is taken over; another seed is trained.
+    assert trained == [changed.key]
+    reused = results[cell.key]
+    assert reused.status == "ok" and reused.metrics["AP"] == 41.5
+    assert reused.reused_from == os.path.join("..", "before", "cells", other.key)
+    assert (out / "cells" / cell.key / "metrics.json").read_text() == (before / "metrics.json").read_text()
+    assert ablations.finished_result(cell, str(out)).reused_from == reused.reused_from

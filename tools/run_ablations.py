@@ -23,6 +23,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from retina_plugin.ablations import GRIDS, run_grids, write_reports  # noqa: E402
+from retina_plugin.ablations.runner import resolved_config  # noqa: E402
 
 
 def main(argv=None):
@@ -39,6 +40,9 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, default=None, metavar="N",
                         help="run each cell N times, with SEED 0 .. N-1; the report shows each "
                         "run and their mean ± std (default: once, with the config's SEED)")
+    parser.add_argument("--reuse-from", action="append", default=[], metavar="DIR",
+                        help="another ablation output directory: a run whose resolved config "
+                        "equals one of its finished runs takes that result (repeatable)")
     parser.add_argument("--report-only", action="store_true",
                         help="write the reports from the finished cells, train nothing")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
@@ -57,11 +61,18 @@ def main(argv=None):
         base_args += ["--extra-config", path]
     for dataset in args.dataset:
         base_args += ["--dataset", *dataset]
+    for directory in args.reuse_from:
+        if not os.path.isdir(os.path.join(directory, "cells")):
+            parser.error(f"--reuse-from {directory}: no cells/ folder there (not an ablation output directory)")
     opts = dict(zip(args.opts[::2], args.opts[1::2]))
+
+    def config_of(cell):  # the config train_net.py resolves for this cell
+        return resolved_config(args.config_file, args.extra_config, [*args.opts, *cell.opts()])
+
     results = run_grids(
         names, args.output_dir, base_args, args.opts, jobs=args.jobs, dry=args.report_only,
         seeds=args.seeds, max_iter=opts.get("SOLVER.MAX_ITER"),
-        log=lambda line: print(line, flush=True),
+        log=lambda line: print(line, flush=True), reuse_from=args.reuse_from, config_of=config_of,
     )
     command = " ".join(["python", "tools/run_ablations.py", *sys.argv[1:]] if argv is None else argv)
     verb = "Reported from the finished cells by" if args.report_only else "Measured with"

@@ -3,8 +3,11 @@ Runs the cells of grids with train_net.py, one process per cell (and per seed), 
 OUTPUT_DIR/cells/<the cell's overrides>. A finished cell (its result.json written) is never
 rerun, so an interrupted run continues where it stopped; the cell in progress resumes from its
 last checkpoint. While cells run, a progress line says how many are done, which run now and at
-which iteration, and when all should be done.
+which iteration, and when all should be done. With `reuse_from`, a run whose resolved config
+equals a finished run of another output directory takes that run's result instead of training
+again (the imbalance sweep's retina_sparse point is the paper-regime headline's runs).
 """
+import shutil
 import json
 import os
 import re
@@ -15,7 +18,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .grids import GRIDS, METRICS, Cell
 
@@ -32,6 +35,7 @@ class Result:
     # The median over iterations of R (negative pairs per positive pair) training logged.
     neg_pairs_per_pos: Optional[float] = None
     seconds: Optional[float] = None  # wall time of the run that finished the cell
+    reused_from: Optional[str] = None  # the finished run of the same config this one is
 
     def __post_init__(self):
         self.curve = [tuple(point) for point in self.curve]
@@ -139,6 +143,71 @@ def run_cell(cell: Cell, out_dir, base_args: List[str], extra_opts: List[str], t
     return result
 
 
+# Where a run happens, not what it trains: a CPU fallback rewrites MODEL.DEVICE in config.yaml.
+NOT_PART_OF_THE_RUN = ("OUTPUT_DIR", "MODEL.DEVICE")
+
+
+def resolved_config(config_file, extra_configs=(), opts=()):
+    """The config train_net.py resolves from a config file, extra configs and KEY VALUE opts
+    (without --dataset's class counts: such runs are simply never found equal)."""
+    from ..config import get_retina_cfg, merge_config_file, merge_config_list
+
+    cfg = get_retina_cfg(config_file)
+    for path in extra_configs:
+        merge_config_file(cfg, path)
+    merge_config_list(cfg, list(opts))
+    return cfg
+
+
+def finished_runs(directories: Sequence[str]) -> List[str]:
+    """The cell directories under `directories` (each an ablation OUTPUT_DIR) that finished."""
+    found = []
+    for directory in directories:
+        cells = os.path.join(directory, "cells")
+        for name in sorted(os.listdir(cells)) if os.path.isdir(cells) else ():
+            run = os.path.join(cells, name)
+            if all(os.path.isfile(os.path.join(run, f)) for f in ("result.json", "config.yaml")):
+                found.append(run)
+    return found
+
+
+def config_differences(config_file, cfg) -> List[str]:
+    """The keys whose values differ between a run's config.yaml and `cfg`. A key the plugin
+    added after that run (absent from its file) counts only if `cfg` moves it off its default."""
+    import yaml
+    from detectron2.config import get_cfg
+
+    from ..config import _flatten, add_retina_config
+
+    with open(config_file) as f:
+        old = _flatten(yaml.safe_load(f) or {})
+    new = _flatten(yaml.safe_load(cfg.dump()))
+    defaults = _flatten(yaml.safe_load(add_retina_config(get_cfg()).dump()))
+    return [
+        key for key, value in new.items()
+        if key not in NOT_PART_OF_THE_RUN and old.get(key, defaults.get(key)) != value
+    ]
+
+
+def reuse_same_run(cell: Cell, out_dir, cfg, candidates: Sequence[str]) -> Optional[Result]:
+    """If a finished run in `candidates` trained exactly `cfg` (OUTPUT_DIR and the device
+    aside), copy its result and metrics into `cell`'s directory and return its Result."""
+    for run in candidates:
+        if config_differences(os.path.join(run, "config.yaml"), cfg):
+            continue
+        directory = cell_dir(cell, out_dir)
+        os.makedirs(directory, exist_ok=True)
+        for name in ("metrics.json", "config.yaml"):
+            if os.path.isfile(os.path.join(run, name)):
+                shutil.copyfile(os.path.join(run, name), os.path.join(directory, name))
+        with open(os.path.join(run, "result.json")) as f:
+            result = Result(**{**json.load(f), "reused_from": os.path.relpath(run, out_dir)})
+        with open(os.path.join(directory, "result.json"), "w") as f:
+            json.dump(result.__dict__, f)
+        return result
+    return None
+
+
 def finished_result(cell: Cell, out_dir) -> Optional[Result]:
     """The Result of a cell finished before, or None."""
     result_file = os.path.join(cell_dir(cell, out_dir), "result.json")
@@ -199,13 +268,23 @@ class Progress:
 
 
 def run_grids(names, out_dir, base_args, extra_opts=(), jobs=1, log=print, dry=False, seeds=None,
-              progress_every=60.0, max_iter=None):
+              progress_every=60.0, max_iter=None, reuse_from: Sequence[str] = (),
+              config_of: Optional[Callable[[Cell], object]] = None):
     """
     Run every run of the named grids (each distinct cell and seed once, finished ones not
     again); return {run key: Result}. With `dry`, only collect the finished runs' results.
     `seeds`: each cell runs with SEED 0 .. seeds - 1 (None: once, with the config's SEED).
+    `reuse_from`: other output directories whose finished runs are taken for a run with the
+    same resolved config (`config_of(cell)`) instead of training it again.
     """
     runs = grid_runs(names, seeds)
+    candidates = finished_runs([d for d in reuse_from if os.path.abspath(d) != os.path.abspath(out_dir)])
+    if candidates and not dry:
+        for key, cell in runs.items():
+            if finished_result(cell, out_dir) is None:
+                reused = reuse_same_run(cell, out_dir, config_of(cell), candidates)
+                if reused is not None:
+                    log(f"{cell.label}: the same config as {reused.reused_from}, not trained again")
     if dry:
         found = {key: finished_result(cell, out_dir) for key, cell in runs.items()}
         return {key: result for key, result in found.items() if result is not None}
