@@ -230,6 +230,7 @@ def test_a_run_with_the_same_resolved_config_is_reused_not_retrained(tmp_path):
     with unittest.mock.patch.dict(GRIDS, {"reuse": grid}), \
             unittest.mock.patch.object(ablations.runner, "run_cell", run_cell):
         results = run_grids(["reuse"], str(out), [], reuse_from=[str(tmp_path / "before")], config_of=config_of, log=lambda line: None)
+        report = open(write_reports(["reuse"], results, str(out))["md"]).read()
     # The same config (a different OUTPUT_DIR and device) is taken over; another seed is trained.
     assert trained == [changed.key]
     reused = results[cell.key]
@@ -237,3 +238,4 @@ def test_a_run_with_the_same_resolved_config_is_reused_not_retrained(tmp_path):
     assert reused.reused_from == os.path.join("..", "before", "cells", other.key)
     assert (out / "cells" / cell.key / "metrics.json").read_text() == (before / "metrics.json").read_text()
     assert ablations.finished_result(cell, str(out)).reused_from == reused.reused_from
+    assert f"FL seed 0 is `{reused.reused_from}`" in report

@@ -85,8 +85,15 @@ def write_reports(names, results, out_dir, title_note="", seeds=None):
                     row[metric] = result.metrics.get(metric, "") if ok else ""
                 row["neg_pairs_per_pos"] = "" if result is None or result.neg_pairs_per_pos is None else result.neg_pairs_per_pos
                 row["paper_AP"] = "" if cell.paper_ap is None else cell.paper_ap
+                row["reused_from"] = (result.reused_from or "") if result is not None else ""
                 rows.append(row)
         md.append("")
+        reused = [r for r in rows if r["grid"] == name and r["reused_from"]]
+        if reused:
+            md.append("Runs not trained again, because a finished run had the same resolved config "
+                      "(`--reuse-from`): " + "; ".join(
+                          f"{r['cell']}" + (f" seed {r['seed']}" if r["seed"] != "" else "") + f" is `{r['reused_from']}`"
+                          for r in reused) + ".\n")
         if grid.kind == "sweep":
             md += sweep_table(name, results, seeds)
     md.append(f"paper's AP: {PAPER_SOURCE}, for reference; not measured here.\n")
