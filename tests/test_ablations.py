@@ -160,7 +160,8 @@ def test_sweep_report_puts_fl_minus_balanced_ce_against_r(tmp_path):
                 result = Result("diverged", iteration=3, neg_pairs_per_pos=ratio)
             else:
                 ap = (50.0 if "balanced" in cell.label else 45.0) if ratio < 1000 else (10.0 if "balanced" in cell.label else 20.0)
-                result = Result("ok", metrics_of(ap + seed), neg_pairs_per_pos=ratio)
+                share = 0.9 if "balanced" in cell.label else 0.3 + 0.1 * seed
+                result = Result("ok", metrics_of(ap + seed), neg_pairs_per_pos=ratio, background_share=share)
             results[run.key] = result
     points = ablations.sweep_points("imbalance", results, seeds=2)
     assert [p["dataset"] for p in points] == [d for d, _ in ablations.SWEEP_DATA]
@@ -169,8 +170,8 @@ def test_sweep_report_puts_fl_minus_balanced_ce_against_r(tmp_path):
     assert points[3]["standard_init"] == "diverged at iteration 3"
     paths = write_reports(["imbalance"], results, str(tmp_path), seeds=2)
     md = open(paths["md"]).read()
-    assert "| retina_sparse | 3e+04 | 10.5 ± 0.7 | 20.5 ± 0.7 | +10.0 ± 1.0 | diverged at iteration 3 |" in md
-    assert "| retina_imbalance_k12 | - | - | - | - | not run |" in md
+    assert "| retina_sparse | 3e+04 | 10.5 ± 0.7 | 20.5 ± 0.7 | +10.0 ± 1.0 | 90%, 35% | diverged at iteration 3 |" in md
+    assert "| retina_imbalance_k12 | - | - | - | - | -, - | not run |" in md
     assert os.path.getsize(paths["imbalance"]) > 10_000
 
 
@@ -239,3 +240,20 @@ def test_a_run_with_the_same_resolved_config_is_reused_not_retrained(tmp_path):
     assert (out / "cells" / cell.key / "metrics.json").read_text() == (before / "metrics.json").read_text()
     assert ablations.finished_result(cell, str(out)).reused_from == reused.reused_from
     assert f"FL seed 0 is `{reused.reused_from}`" in report
+
+
+def test_background_share_is_the_median_of_training_and_filled_in_for_older_results(tmp_path):
+    import json
+
+    cell = Cell("FL", (("SEED", 0),))
+    directory = tmp_path / "cells" / cell.key
+    directory.mkdir(parents=True)
+    shares = [0.9, 0.2, 0.3, float("nan"), 0.25]  # a NaN (no positives) is not a share
+    (directory / "metrics.json").write_text(
+        "".join(json.dumps({"iteration": i, "cls_loss_background_share": v}) + "\n" for i, v in enumerate(shares))
+        + json.dumps({"iteration": 5, "bbox/AP": 12.0}) + "\n"
+    )
+    # A result.json written before the field existed.
+    older = {k: v for k, v in Result("ok", metrics_of(12.0)).__dict__.items() if k != "background_share"}
+    (directory / "result.json").write_text(json.dumps(older))
+    assert ablations.finished_result(cell, str(tmp_path)).background_share == pytest.approx(0.275)

@@ -36,6 +36,10 @@ class Result:
     neg_pairs_per_pos: Optional[float] = None
     seconds: Optional[float] = None  # wall time of the run that finished the cell
     reused_from: Optional[str] = None  # the finished run of the same config this one is
+    # The median over iterations of the background anchors' share of the classification loss
+    # (cls_loss_background_share): whether the many easy negatives dominate the loss, the
+    # paper's case against CE.
+    background_share: Optional[float] = None
 
     def __post_init__(self):
         self.curve = [tuple(point) for point in self.curve]
@@ -81,8 +85,13 @@ def summarize_metrics(records: List[dict]):
     evaluations = [r for r in records if "bbox/AP" in r]
     final = {m: evaluations[-1].get(f"bbox/{m}", float("nan")) for m in METRICS} if evaluations else {}
     curve = [(int(r.get("iteration", 0)), r["bbox/AP"]) for r in evaluations]
-    ratios = [r["neg_pairs_per_pos"] for r in records if "neg_pairs_per_pos" in r]
-    return final, curve, (statistics.median(ratios) if ratios else None)
+    return final, curve, median_of(records, "neg_pairs_per_pos")
+
+
+def median_of(records: List[dict], name) -> Optional[float]:
+    """The median over the training records of the finite values of the scalar `name`."""
+    values = [r[name] for r in records if isinstance(r.get(name), (int, float)) and r[name] == r[name]]
+    return statistics.median(values) if values else None
 
 
 def last_iteration(output_dir) -> Optional[int]:
@@ -130,11 +139,13 @@ def run_cell(cell: Cell, out_dir, base_args: List[str], extra_opts: List[str], t
     diverged = DIVERGED.search(text)
     metrics, curve, ratio = summarize_metrics(read_metrics(directory))
     seconds = round(time.time() - start, 1)
+    share = median_of(read_metrics(directory), "cls_loss_background_share")
     if returncode == 0 and metrics:
-        result = Result("ok", metrics, curve=curve, neg_pairs_per_pos=ratio, seconds=seconds)
+        result = Result("ok", metrics, curve=curve, neg_pairs_per_pos=ratio, seconds=seconds,
+                        background_share=share)
     elif diverged:
         result = Result("diverged", iteration=int(diverged.group(1)), curve=curve,
-                        neg_pairs_per_pos=ratio, seconds=seconds)
+                        neg_pairs_per_pos=ratio, seconds=seconds, background_share=share)
     else:
         # Not written to result.json: a failure (a killed process, a bad path) is rerun.
         return Result("failed", log=log_file)
@@ -214,7 +225,10 @@ def finished_result(cell: Cell, out_dir) -> Optional[Result]:
     if not os.path.isfile(result_file):
         return None
     with open(result_file) as f:
-        return Result(**json.load(f))
+        result = Result(**json.load(f))
+    if result.background_share is None:  # a run finished before the field: from its metrics
+        result.background_share = median_of(read_metrics(cell_dir(cell, out_dir)), "cls_loss_background_share")
+    return result
 
 
 def grid_runs(names, seeds=None) -> Dict[str, Cell]:
