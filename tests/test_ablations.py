@@ -166,7 +166,9 @@ def test_sweep_report_puts_fl_minus_balanced_ce_against_r(tmp_path):
     points = ablations.sweep_points("imbalance", results, seeds=2)
     assert [p["dataset"] for p in points] == [d for d, _ in ablations.SWEEP_DATA]
     assert points[0]["R"] == 400.0 and points[0]["delta"] == (-5.0, 1.0)
-    assert points[3]["R"] == 30000.0 and points[3]["delta"] == (10.0, 1.0)
+    assert points[3]["R"] == 30000.0 and points[3]["delta"] == (10.0, 1.0) and points[3]["seeds"] == 2
+    one_seed = {k: r for k, r in results.items() if "seed=1" not in k}
+    assert "| retina_sparse | 3e+04 | 10.0 | 20.0 | +10.0 (1 seed) |" in "\n".join(ablations.report.sweep_table("imbalance", one_seed, seeds=2))
     assert points[3]["standard_init"] == "diverged at iteration 3"
     paths = write_reports(["imbalance"], results, str(tmp_path), seeds=2)
     md = open(paths["md"]).read()

@@ -229,6 +229,7 @@ def sweep_points(name, results, seeds=None):
         point["R"] = statistics.median(point.pop("ratios")) if point.get("ratios") else math.nan
         (fl, fl_std, fl_n), (bce, bce_std, bce_n) = point.get("fl", (math.nan,) * 3), point.get("bce", (math.nan,) * 3)
         point["delta"] = (fl - bce, math.hypot(fl_std, bce_std)) if fl_n and bce_n else (math.nan, math.nan)
+        point["seeds"] = min(fl_n, bce_n)  # the fewer of the two cells' finished runs
     return points
 
 
@@ -244,7 +245,12 @@ def sweep_table(name, results, seeds=None) -> List[str]:
 
     for p in sweep_points(name, results, seeds):
         bce, fl = p.get("bce", (math.nan, math.nan, 0)), p.get("fl", (math.nan, math.nan, 0))
-        delta = "-" if p["delta"][0] != p["delta"][0] else f"{p['delta'][0]:+.1f} ± {p['delta'][1]:.1f}"
+        if p["delta"][0] != p["delta"][0]:
+            delta = "-"
+        elif p["seeds"] == 1:  # no spread to show from one run each
+            delta = f"{p['delta'][0]:+.1f} (1 seed)"
+        else:
+            delta = f"{p['delta'][0]:+.1f} ± {p['delta'][1]:.1f}"
         ratio = "-" if p["R"] != p["R"] else f"{p['R']:.3g}"
         shares = f"{percent(p.get('bce_share'))}, {percent(p.get('fl_share'))}"
         lines.append(
