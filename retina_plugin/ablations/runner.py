@@ -7,10 +7,11 @@ which iteration, and when all should be done. With `reuse_from`, a run whose res
 equals a finished run of another output directory takes that run's result instead of training
 again (the imbalance sweep's retina_sparse point is the paper-regime headline's runs).
 """
-import shutil
+import functools
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -137,9 +138,10 @@ def run_cell(cell: Cell, out_dir, base_args: List[str], extra_opts: List[str], t
     with open(log_file) as f:
         text = f.read()
     diverged = DIVERGED.search(text)
-    metrics, curve, ratio = summarize_metrics(read_metrics(directory))
+    records = read_metrics(directory)
+    metrics, curve, ratio = summarize_metrics(records)
     seconds = round(time.time() - start, 1)
-    share = median_of(read_metrics(directory), "cls_loss_background_share")
+    share = median_of(records, "cls_loss_background_share")
     if returncode == 0 and metrics:
         result = Result("ok", metrics, curve=curve, neg_pairs_per_pos=ratio, seconds=seconds,
                         background_share=share)
@@ -182,18 +184,28 @@ def finished_runs(directories: Sequence[str]) -> List[str]:
     return found
 
 
-def config_differences(config_file, cfg) -> List[str]:
-    """The keys whose values differ between a run's config.yaml and `cfg`. A key the plugin
-    added after that run (absent from its file) counts only if `cfg` moves it off its default."""
+@functools.lru_cache(maxsize=1)
+def _default_keys() -> Dict[str, object]:
+    """{flat key: default} of detectron2's config with the plugin's keys."""
     import yaml
     from detectron2.config import get_cfg
 
     from ..config import _flatten, add_retina_config
 
+    return _flatten(yaml.safe_load(add_retina_config(get_cfg()).dump()))
+
+
+def config_differences(config_file, cfg) -> List[str]:
+    """The keys whose values differ between a run's config.yaml and `cfg`. A key the plugin
+    added after that run (absent from its file) counts only if `cfg` moves it off its default."""
+    import yaml
+
+    from ..config import _flatten
+
     with open(config_file) as f:
         old = _flatten(yaml.safe_load(f) or {})
     new = _flatten(yaml.safe_load(cfg.dump()))
-    defaults = _flatten(yaml.safe_load(add_retina_config(get_cfg()).dump()))
+    defaults = _default_keys()
     return [
         key for key, value in new.items()
         if key not in NOT_PART_OF_THE_RUN and old.get(key, defaults.get(key)) != value
