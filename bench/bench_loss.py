@@ -1,7 +1,7 @@
 """
 Benchmark 1 of issue 4: the focal loss, forward + backward, against fvcore and torchvision;
-with --family, the losses after the paper (QFL, VFL, Poly-1), each blocked op against the plain
-PyTorch version of itself.
+with --family, the losses after the paper (QFL, VFL, Poly-1), each fused op (compiled and eager)
+against the plain PyTorch version of itself.
 
     python bench/bench_loss.py [--sizes 50000 200000 800000] [--classes 80] [--repeats 7]
         [--device cpu|cuda] [--dtype float32|float16|bfloat16] [--family]
@@ -63,7 +63,7 @@ def candidates(logits, labels, alpha=0.25, gamma=2.0):
 
 
 def family_candidates(logits, labels):
-    """name -> forward + backward of QFL, VFL and Poly-1, blocked and plain, on the same inputs."""
+    """name -> forward + backward of QFL, VFL and Poly-1, compiled, eager and plain, on the same inputs."""
     g = torch.Generator().manual_seed(1)
     positive = (labels >= 0) & (labels < logits.shape[1])
     quality = (torch.rand(labels.shape, generator=g).to(logits.device) * positive).to(logits.dtype)
@@ -75,7 +75,7 @@ def family_candidates(logits, labels):
     return {
         f"{name} {impl}": (lambda loss, impl: lambda x: loss(x, impl).backward())(loss, impl)
         for name, loss in losses.items()
-        for impl in ("blocked", "plain")
+        for impl in ("compiled", "eager", "plain")
     }
 
 
@@ -127,7 +127,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--family", action="store_true", help="QFL, VFL, Poly-1: blocked against plain")
+    parser.add_argument("--family", action="store_true", help="QFL, VFL, Poly-1: fused against plain")
     args = parser.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, {args.dtype}")

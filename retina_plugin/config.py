@@ -63,8 +63,9 @@ def add_retina_config(cfg):
     _C.MODEL.RETINANET.GHM_C.MOMENTUM = 0.75
     _C.MODEL.RETINANET.POLY1 = CN()
     _C.MODEL.RETINANET.POLY1.EPSILON = 1.0
-    # How the sigmoid focal loss runs (retina_plugin/ops/focal_loss.py): "compiled" (one fused
-    # loop by torch.compile), "eager" (plain PyTorch) or "auto" (compiled where it works).
+    # How the fused losses run (retina_plugin/ops/: the focal loss, OHEM's CE, QFL, VFL, Poly-1):
+    # "compiled" (one fused loop by torch.compile), "eager" (plain PyTorch over blocks of
+    # anchors) or "auto" (compiled for large inputs, where it works).
     _C.MODEL.RETINANET.FOCAL_LOSS_IMPL = "auto"
     # What the summed losses are divided by:
     #   "num_pos": the paper: the batch's number of anchors assigned to a ground-truth box;

@@ -244,6 +244,31 @@ def test_a_run_with_the_same_resolved_config_is_reused_not_retrained(tmp_path):
     assert f"FL seed 0 is `{reused.reused_from}`" in report
 
 
+def test_a_finished_run_without_its_config_is_not_reused_and_the_log_says_why(tmp_path):
+    import json
+    import unittest.mock
+
+    from retina_plugin.ablations.runner import resolved_config
+
+    config = os.path.join(REPO, "configs", "quickstart.yaml")
+    cell = Cell("FL", (("MODEL.RETINANET.FOCAL_LOSS_GAMMA", 2.0), ("SEED", 0)))
+    before = tmp_path / "before" / "cells" / cell.key  # as a clone has it: result.json only
+    before.mkdir(parents=True)
+    (before / "result.json").write_text(json.dumps(Result("ok", metrics_of(41.5)).__dict__))
+    trained, lines = [], []
+
+    def run_cell(c, out_dir, *args, **kwargs):
+        return trained.append(c.key) or Result("failed")
+
+    with unittest.mock.patch.dict(GRIDS, {"reuse": Grid("reuse", (cell,))}), \
+            unittest.mock.patch.object(ablations.runner, "run_cell", run_cell):
+        run_grids(["reuse"], str(tmp_path / "now"), [], reuse_from=[str(tmp_path / "before")],
+                  config_of=lambda c: resolved_config(config, (), c.opts()), log=lines.append)
+    assert trained == [cell.key]
+    assert any("1 finished run(s) have no config.yaml" in line and str(before) in line for line in lines)
+
+
+
 def test_background_share_is_the_median_of_training_and_filled_in_for_older_results(tmp_path):
     import json
 

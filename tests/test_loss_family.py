@@ -166,6 +166,15 @@ def test_bad_values_of_the_family_are_named(key, value, message):
     assert retina_plugin.CLS_LOSS_REGISTRY.get(cfg.MODEL.RETINANET.CLS_LOSS_TYPE)
 
 
+@pytest.mark.parametrize("loss_type", ["quality_focal", "varifocal", "poly1_focal"])
+def test_the_fused_family_names_a_bad_impl(loss_type):
+    cfg = tiny_cfg()
+    cfg.MODEL.RETINANET.CLS_LOSS_TYPE = loss_type
+    cfg.MODEL.RETINANET.FOCAL_LOSS_IMPL = "fast"
+    with pytest.raises(ConfigValueError, match="FOCAL_LOSS_IMPL = 'fast' is not allowed: choose one of"):
+        build_model(cfg)
+
+
 def ghm_direct(logits, labels, bins, density=None):
     """GHM-C in float64, written from the paper: weights N / GD(g) / (non-empty bins)."""
     x = logits.detach()
@@ -238,20 +247,66 @@ def test_ghm_c_trains_unnormalised_and_its_state_is_checkpointed():
     assert a["loss_cls"].item() == pytest.approx(b["loss_cls"].item(), rel=1e-6)
 
 
-@pytest.mark.parametrize("which", ["qfl", "vfl", "poly1", "poly1 per-class alpha"])
-def test_blocked_ops_equal_the_plain_versions(which, monkeypatch):
-    from retina_plugin.ops import pair_losses
+FUSED_CASES = ["qfl", "vfl", "poly1", "poly1 per-class alpha", "poly1 per pair"]
 
-    monkeypatch.setattr(pair_losses, "EAGER_BLOCK_ELEMENTS", 7 * K)  # many blocks, a partial last one
-    logits, labels, quality = inputs(n=3, r=50, seed=11, scale=4.0, dtype=torch.float32)
-    run = {
+
+def fused_case(which, logits, labels, quality):
+    """impl -> the loss (summed, or per pair for "poly1 per pair") of `which`."""
+    return {
         "qfl": lambda impl: quality_focal_loss(logits, labels, quality, 2.0, impl=impl),
         "vfl": lambda impl: varifocal_loss(logits, labels, quality, 0.75, 2.0, impl=impl),
         "poly1": lambda impl: poly1_focal_loss(logits, labels, 0.25, 2.0, 1.0, impl=impl),
         "poly1 per-class alpha": lambda impl: poly1_focal_loss(logits, labels, (0.1, 0.2, 0.3, 0.4), 1.5, -1.0, impl=impl),
+        "poly1 per pair": lambda impl: poly1_focal_loss(logits, labels, 0.25, 2.0, 1.0, reduction="none", impl=impl),
     }[which]
-    blocked, plain = run("blocked"), run("plain")
-    (grad_blocked,) = torch.autograd.grad(blocked, logits)
-    (grad_plain,) = torch.autograd.grad(plain, logits)
-    assert blocked.item() == pytest.approx(plain.item(), rel=1e-5)
-    assert torch.allclose(grad_blocked, grad_plain, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", ["eager", "compiled"])
+@pytest.mark.parametrize("which", FUSED_CASES)
+def test_fused_ops_equal_the_plain_versions(which, impl, monkeypatch):
+    from retina_plugin.ops import pair_losses
+
+    monkeypatch.setattr(pair_losses, "EAGER_BLOCK_ELEMENTS", 7 * K)  # many blocks, a partial last one
+    logits, labels, quality = inputs(n=3, r=50, seed=11, scale=4.0, dtype=torch.float32)
+    run = fused_case(which, logits, labels, quality)
+    fused, plain = run(impl), run("plain")
+    weights = torch.rand(plain.shape, generator=torch.Generator().manual_seed(3))  # a backward of a per-pair loss
+    (grad_fused,) = torch.autograd.grad((fused * weights).sum(), logits)
+    (grad_plain,) = torch.autograd.grad((plain * weights).sum(), logits)
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad_fused, grad_plain, rtol=1e-4, atol=1e-6)
+
+
+def test_family_auto_compiles_large_inputs_and_falls_back_when_compiling_fails(monkeypatch, caplog):
+    from retina_plugin.ops import pair_losses
+
+    calls = []
+
+    def counting(x, labels, quality, *arguments):
+        calls.append(x.shape)
+        loss, grad = pair_losses.quality_focal_kernel(x, labels, quality, *arguments)
+        return loss.sum(), grad
+
+    monkeypatch.setattr(torch, "compile", lambda fn, dynamic=None: counting)
+    monkeypatch.setattr(pair_losses, "_compiled_kernels", {})
+    monkeypatch.setattr(pair_losses, "_compile_failed", False)
+    monkeypatch.setattr(pair_losses, "AUTO_COMPILE_ELEMENTS", 400)
+    small, small_labels, small_quality = inputs(n=1, r=20, dtype=torch.float32)  # 80 logits
+    large, large_labels, large_quality = inputs(n=3, r=50, dtype=torch.float32)  # 600
+    quality_focal_loss(small, small_labels, small_quality)
+    assert calls == []
+    quality_focal_loss(large, large_labels, large_quality)
+    assert calls == [(150, K)]
+
+    def broken(*args):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(pair_losses, "_compiled_kernels", {(pair_losses.quality_focal_kernel, "sum"): broken})
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        quality_focal_loss(large, large_labels, large_quality, impl="compiled")
+    with caplog.at_level("WARNING"):
+        loss = quality_focal_loss(large, large_labels, large_quality, impl="auto")
+    assert "using the eager path" in caplog.text
+    torch.testing.assert_close(loss, quality_focal_loss(large, large_labels, large_quality, impl="eager"))
+    with pytest.raises(ValueError, match="impl must be one of"):
+        quality_focal_loss(large, large_labels, large_quality, impl="fast")

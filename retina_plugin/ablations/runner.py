@@ -172,14 +172,16 @@ def resolved_config(config_file, extra_configs=(), opts=()):
     return cfg
 
 
-def finished_runs(directories: Sequence[str]) -> List[str]:
-    """The cell directories under `directories` (each an ablation OUTPUT_DIR) that finished."""
+def finished_runs(directories: Sequence[str], with_config=True) -> List[str]:
+    """The cell directories under `directories` (each an ablation OUTPUT_DIR) that finished,
+    with their config.yaml (or, with_config=False, those without one)."""
     found = []
     for directory in directories:
         cells = os.path.join(directory, "cells")
         for name in sorted(os.listdir(cells)) if os.path.isdir(cells) else ():
             run = os.path.join(cells, name)
-            if all(os.path.isfile(os.path.join(run, f)) for f in ("result.json", "config.yaml")):
+            has_config = os.path.isfile(os.path.join(run, "config.yaml"))
+            if os.path.isfile(os.path.join(run, "result.json")) and has_config == with_config:
                 found.append(run)
     return found
 
@@ -304,7 +306,14 @@ def run_grids(names, out_dir, base_args, extra_opts=(), jobs=1, log=print, dry=F
     same resolved config (`config_of(cell)`) instead of training it again.
     """
     runs = grid_runs(names, seeds)
-    candidates = finished_runs([d for d in reuse_from if os.path.abspath(d) != os.path.abspath(out_dir)])
+    others = [d for d in reuse_from if os.path.abspath(d) != os.path.abspath(out_dir)]
+    candidates = finished_runs(others)
+    unknown = finished_runs(others, with_config=False)
+    if unknown and not dry:
+        # A clone holds only what was committed: a run kept without its config cannot be shown
+        # to be the same run, so it is not taken.
+        log(f"--reuse-from: {len(unknown)} finished run(s) have no config.yaml and cannot be compared "
+            f"(e.g. {unknown[0]}); keep a finished cell's config.yaml in git (git add -f) to reuse it")
     if candidates and not dry:
         for key, cell in runs.items():
             if finished_result(cell, out_dir) is None:

@@ -36,6 +36,11 @@ def alpha_from_config(cfg):
     return as_alpha(cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA)
 
 
+def check_impl(check, impl):
+    """MODEL.RETINANET.FOCAL_LOSS_IMPL, which every fused op of the family reads."""
+    check(impl in IMPLS, "MODEL.RETINANET.FOCAL_LOSS_IMPL", impl, f"choose one of {IMPLS}")
+
+
 @CLS_LOSS_REGISTRY.register_as("focal")
 class FocalLoss(ClassificationLoss):
     """
@@ -56,7 +61,7 @@ class FocalLoss(ClassificationLoss):
     @staticmethod
     def check_values(check, alpha, gamma, impl, num_classes):
         """Call check(ok, key, value, allowed) for each value (see config.check_config_value)."""
-        check(impl in IMPLS, "MODEL.RETINANET.FOCAL_LOSS_IMPL", impl, f"choose one of {IMPLS}")
+        check_impl(check, impl)
         check_alpha(check, alpha, num_classes)
         is_number = isinstance(gamma, (int, float)) and not isinstance(gamma, bool)
         check(is_number and gamma >= 0, "MODEL.RETINANET.FOCAL_LOSS_GAMMA", gamma, "use gamma >= 0, a number (0 is CE)")

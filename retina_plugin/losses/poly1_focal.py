@@ -6,12 +6,12 @@ from detectron2.config import configurable
 
 from ..config import check_config_value
 from ..ops.focal_loss import sigmoid_focal_loss
-from ..ops.pair_losses import blocked_pair_loss, poly1_focal_kernel
+from ..ops.pair_losses import fused_pair_loss, poly1_focal_kernel
 from .build import CLS_LOSS_REGISTRY, ClassificationLoss
-from .focal import alpha_from_config, as_alpha, check_alpha
+from .focal import alpha_from_config, as_alpha, check_alpha, check_impl
 
 
-def poly1_focal_loss(logits, labels, alpha=0.25, gamma=2.0, epsilon=1.0, reduction="sum", impl="blocked"):
+def poly1_focal_loss(logits, labels, alpha=0.25, gamma=2.0, epsilon=1.0, reduction="sum", impl="auto"):
     """
     Poly-1 focal loss of Leng et al., "PolyLoss" (ICLR 2022), summed:
 
@@ -21,13 +21,13 @@ def poly1_focal_loss(logits, labels, alpha=0.25, gamma=2.0, epsilon=1.0, reducti
     epsilon (> 0 weighs hard examples more, < 0 less; 0 is FL). 1 - p_t = sigmoid(-x_t), with
     x_t = x for the anchor's own class and -x for the others; ignored anchors give nothing.
     `reduction` "sum" or "none" (per (anchor, class), as sigmoid_focal_loss's). `impl`:
-    "blocked" (both terms and their closed-form gradient in one pass, ops/pair_losses.py) or
-    "plain" (the fused focal loss plus the polynomial term by autograd).
+    "auto", "compiled" or "eager" (both terms and their closed-form gradient in one pass,
+    ops/pair_losses.py), or "plain" (the fused focal loss plus the polynomial term by autograd).
     """
-    if impl == "blocked":
+    if impl != "plain":
         if isinstance(alpha, (list, tuple)):
             alpha = torch.tensor(alpha, dtype=torch.float64, device=logits.device)
-        return blocked_pair_loss(poly1_focal_kernel, logits, labels, None, (alpha, gamma, epsilon), reduction)
+        return fused_pair_loss(poly1_focal_kernel, logits, labels, None, (alpha, gamma, epsilon), reduction, impl)
     focal = sigmoid_focal_loss(logits, labels, alpha, gamma, reduction=reduction, impl="eager")
     x = logits.to(torch.promote_types(logits.dtype, torch.float32))
     is_target = labels.unsqueeze(-1) == torch.arange(x.shape[-1], device=x.device)
@@ -41,13 +41,15 @@ class Poly1FocalLoss(ClassificationLoss):
     """Poly-1 on the focal loss: FOCAL_LOSS_ALPHA, FOCAL_LOSS_GAMMA and MODEL.RETINANET.POLY1.EPSILON."""
 
     @configurable
-    def __init__(self, *, alpha=0.25, gamma: float = 2.0, epsilon: float = 1.0, num_classes=None):
+    def __init__(self, *, alpha=0.25, gamma: float = 2.0, epsilon: float = 1.0, impl: str = "auto", num_classes=None):
         super().__init__()
-        self.check_values(check_config_value, alpha, gamma, epsilon, num_classes)
+        self.check_values(check_config_value, alpha, gamma, epsilon, num_classes, impl)
         self.alpha, self.gamma, self.epsilon = as_alpha(alpha), float(gamma), float(epsilon)
+        self.impl = impl
 
     @staticmethod
-    def check_values(check, alpha, gamma, epsilon, num_classes):
+    def check_values(check, alpha, gamma, epsilon, num_classes, impl="auto"):
+        check_impl(check, impl)
         check_alpha(check, alpha, num_classes)
         number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
         check(number(gamma) and gamma >= 0, "MODEL.RETINANET.FOCAL_LOSS_GAMMA", gamma, "use gamma >= 0, a number")
@@ -60,11 +62,12 @@ class Poly1FocalLoss(ClassificationLoss):
             "alpha": alpha_from_config(cfg),
             "gamma": cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA,
             "epsilon": cfg.MODEL.RETINANET.POLY1.EPSILON,
+            "impl": cfg.MODEL.RETINANET.FOCAL_LOSS_IMPL,
             "num_classes": cfg.MODEL.RETINANET.NUM_CLASSES,
         }
 
     def forward(self, pred_logits, gt_labels, anchors=None, quality=None):
-        return poly1_focal_loss(pred_logits, gt_labels, self.alpha, self.gamma, self.epsilon)
+        return poly1_focal_loss(pred_logits, gt_labels, self.alpha, self.gamma, self.epsilon, impl=self.impl)
 
     def extra_repr(self):
         return f"alpha={self.alpha}, gamma={self.gamma}, epsilon={self.epsilon}"

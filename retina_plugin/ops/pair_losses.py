@@ -1,17 +1,26 @@
 """
-The focal-loss family after the paper (QFL, VFL, Poly-1) as blocked ops, the approach of
-focal_loss.py's eager path: each block of anchors computes its loss and its closed-form
-gradient in one pass, with the (anchor, class) targets built per block from the integer labels,
-so that the gradient is the only full-size tensor allocated (no one-hot, target or weight tensor
-of the whole input). Each kernel takes x (B, K) float32+, labels (B,) and quality (B,) and
-returns (loss, d loss / d x), both (B, K), zero for ignored anchors (label < 0).
+The focal-loss family after the paper (QFL, VFL, Poly-1) as fused ops, the approach of
+focal_loss.py: each kernel computes its loss and its closed-form gradient in one pass, with the
+(anchor, class) targets built from the integer labels, so that the gradient is the only
+full-size tensor allocated (no one-hot, target or weight tensor of the whole input). Each kernel
+takes x (B, K) float32+, labels (B,) and quality (B,) and returns (loss, d loss / d x), both
+(B, K), zero for ignored anchors (label < 0). As for the focal loss, two implementations:
+- "eager": the kernel run by plain PyTorch over blocks of anchors, so that its temporaries stay
+  the size of a block; it runs everywhere and is the fallback;
+- "compiled": the kernel compiled by torch.compile over the whole input (C++/OpenMP loops on
+  the CPU, Triton on CUDA), its temporaries fused away, the sum in the same loop;
+"auto" chooses as focal_loss.py's does (compiled from AUTO_COMPILE_ELEMENTS logits, if it works).
 bench/bench_loss.py --family measures them against the plain PyTorch versions of themselves.
 """
+import logging
+
 import torch
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
-from .focal_loss import EAGER_BLOCK_ELEMENTS
+from .focal_loss import AUTO_COMPILE_ELEMENTS, EAGER_BLOCK_ELEMENTS, IMPLS
+
+logger = logging.getLogger(__name__)
 
 
 def _power(t, exponent):
@@ -86,39 +95,84 @@ def poly1_focal_kernel(x, labels, quality, alpha, gamma, epsilon):
     return loss * valid, sign * grad_t * valid
 
 
-class _BlockedPairLoss(torch.autograd.Function):
+def _summed(kernel):
+    """`kernel` returning its loss's sum: rows first, so that torch.compile keeps the reduction
+    in the loop of the pointwise math (as focal_loss_kernel does)."""
+
+    def summed_kernel(x, labels, quality, *arguments):
+        loss, grad = kernel(x, labels, quality, *arguments)
+        return loss.sum(dim=-1).sum(), grad
+
+    return summed_kernel
+
+
+_compiled_kernels = {}
+_compile_failed = False
+
+
+def _compiled(logits, labels, quality, kernel, arguments, reduction, impl):
+    """(loss, grad) from the compiled kernel, or None where "auto" should not or cannot compile."""
+    global _compile_failed
+    if impl == "eager" or (impl == "auto" and (_compile_failed or logits.numel() < AUTO_COMPILE_ELEMENTS)):
+        return None
+    key = (kernel, reduction)
+    if key not in _compiled_kernels:
+        _compiled_kernels[key] = torch.compile(_summed(kernel) if reduction == "sum" else kernel, dynamic=True)
+    try:
+        return _compiled_kernels[key](logits, labels, quality, *arguments)
+    except Exception as e:  # no compiler, an unsupported device or dtype...
+        if impl == "compiled":
+            raise
+        _compile_failed = True
+        logger.warning(f"torch.compile of {kernel.__name__} failed ({e!r}); using the eager path.")
+        return None
+
+
+class _FusedPairLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, labels, quality, kernel, arguments, reduction):
+    def forward(ctx, logits, labels, quality, kernel, arguments, reduction, impl):
         shape = logits.shape
         x_all = logits.reshape(-1, shape[-1])
         labels_all = labels.reshape(-1)
         quality_all = None if quality is None else quality.reshape(-1)
         compute = torch.promote_types(logits.dtype, torch.float32)
-        grad = torch.empty(x_all.shape, dtype=compute, device=logits.device)
-        per_element = torch.empty_like(grad) if reduction == "none" else None
-        total = torch.zeros((), dtype=compute, device=logits.device)
-        rows = max(1, EAGER_BLOCK_ELEMENTS // max(1, shape[-1]))
-        for start in range(0, x_all.shape[0], rows):
-            block = slice(start, start + rows)
-            q = None if quality_all is None else quality_all[block]
-            loss, grad[block] = kernel(x_all[block].to(compute), labels_all[block], q, *arguments)
-            if per_element is None:
-                total = total + loss.sum()
-            else:
-                per_element[block] = loss
+        compiled = _compiled(x_all.to(compute), labels_all, quality_all, kernel, arguments, reduction, impl)
+        if compiled is not None:
+            result, grad = compiled
+        else:
+            result, grad = _eager_blocks(x_all, labels_all, quality_all, kernel, arguments, reduction, compute)
         ctx.save_for_backward(grad)
         ctx.shape, ctx.dtype, ctx.reduction = shape, logits.dtype, reduction
-        return total if per_element is None else per_element.reshape(shape)
+        return result if reduction == "sum" else result.reshape(shape)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss):
         (grad,) = ctx.saved_tensors
         scale = grad_loss if ctx.reduction == "sum" else grad_loss.reshape(grad.shape)
-        return (grad * scale).reshape(ctx.shape).to(ctx.dtype), None, None, None, None, None
+        return (grad * scale).reshape(ctx.shape).to(ctx.dtype), None, None, None, None, None, None
 
 
-def blocked_pair_loss(kernel, logits, labels, quality=None, arguments=(), reduction="sum"):
+def _eager_blocks(x_all, labels_all, quality_all, kernel, arguments, reduction, compute):
+    """The kernel over blocks of rows: temporaries of a block, not of the whole input."""
+    grad = torch.empty(x_all.shape, dtype=compute, device=x_all.device)
+    per_element = torch.empty_like(grad) if reduction == "none" else None
+    total = torch.zeros((), dtype=compute, device=x_all.device)
+    rows = max(1, EAGER_BLOCK_ELEMENTS // max(1, x_all.shape[-1]))
+    for start in range(0, x_all.shape[0], rows):
+        block = slice(start, start + rows)
+        q = None if quality_all is None else quality_all[block]
+        loss, grad[block] = kernel(x_all[block].to(compute), labels_all[block], q, *arguments)
+        if per_element is None:
+            total = total + loss.sum()
+        else:
+            per_element[block] = loss
+    return (total if per_element is None else per_element), grad
+
+
+def fused_pair_loss(kernel, logits, labels, quality=None, arguments=(), reduction="sum", impl="auto"):
     """Sum (or, with reduction "none", the per-pair values) of `kernel` over all (anchor, class)
-    pairs, computed block by block with its closed-form gradient."""
-    return _BlockedPairLoss.apply(logits, labels, quality, kernel, tuple(arguments), reduction)
+    pairs with its closed-form gradient; `impl` "auto", "compiled" or "eager" (see above)."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, not {impl!r}")
+    return _FusedPairLoss.apply(logits, labels, quality, kernel, tuple(arguments), reduction, impl)
