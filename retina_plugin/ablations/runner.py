@@ -172,16 +172,14 @@ def resolved_config(config_file, extra_configs=(), opts=()):
     return cfg
 
 
-def finished_runs(directories: Sequence[str], with_config=True) -> List[str]:
-    """The cell directories under `directories` (each an ablation OUTPUT_DIR) that finished,
-    with their config.yaml (or, with_config=False, those without one)."""
+def finished_runs(directories: Sequence[str]) -> List[str]:
+    """The cell directories under `directories` (each an ablation OUTPUT_DIR) that finished."""
     found = []
     for directory in directories:
         cells = os.path.join(directory, "cells")
         for name in sorted(os.listdir(cells)) if os.path.isdir(cells) else ():
             run = os.path.join(cells, name)
-            has_config = os.path.isfile(os.path.join(run, "config.yaml"))
-            if os.path.isfile(os.path.join(run, "result.json")) and has_config == with_config:
+            if os.path.isfile(os.path.join(run, "result.json")):
                 found.append(run)
     return found
 
@@ -307,8 +305,9 @@ def run_grids(names, out_dir, base_args, extra_opts=(), jobs=1, log=print, dry=F
     """
     runs = grid_runs(names, seeds)
     others = [d for d in reuse_from if os.path.abspath(d) != os.path.abspath(out_dir)]
-    candidates = finished_runs(others)
-    unknown = finished_runs(others, with_config=False)
+    candidates, unknown = [], []
+    for run in finished_runs(others):
+        (candidates if os.path.isfile(os.path.join(run, "config.yaml")) else unknown).append(run)
     if unknown and not dry:
         # A clone holds only what was committed: a run kept without its config cannot be shown
         # to be the same run, so it is not taken.

@@ -110,8 +110,10 @@ _compiled_kernels = {}
 _compile_failed = False
 
 
-def _compiled(logits, labels, quality, kernel, arguments, reduction, impl):
-    """(loss, grad) from the compiled kernel, or None where "auto" should not or cannot compile."""
+def _compiled(logits, labels, quality, kernel, arguments, reduction, impl, compute):
+    """(loss, grad) from the compiled kernel on the logits in `compute` dtype, or None where
+    "auto" should not or cannot compile (the logits are then not converted: the eager path
+    converts block by block, so that float16 logits get no full-size float32 copy)."""
     global _compile_failed
     if impl == "eager" or (impl == "auto" and (_compile_failed or logits.numel() < AUTO_COMPILE_ELEMENTS)):
         return None
@@ -119,7 +121,7 @@ def _compiled(logits, labels, quality, kernel, arguments, reduction, impl):
     if key not in _compiled_kernels:
         _compiled_kernels[key] = torch.compile(_summed(kernel) if reduction == "sum" else kernel, dynamic=True)
     try:
-        return _compiled_kernels[key](logits, labels, quality, *arguments)
+        return _compiled_kernels[key](logits.to(compute), labels, quality, *arguments)
     except Exception as e:  # no compiler, an unsupported device or dtype...
         if impl == "compiled":
             raise
@@ -136,7 +138,7 @@ class _FusedPairLoss(torch.autograd.Function):
         labels_all = labels.reshape(-1)
         quality_all = None if quality is None else quality.reshape(-1)
         compute = torch.promote_types(logits.dtype, torch.float32)
-        compiled = _compiled(x_all.to(compute), labels_all, quality_all, kernel, arguments, reduction, impl)
+        compiled = _compiled(x_all, labels_all, quality_all, kernel, arguments, reduction, impl, compute)
         if compiled is not None:
             result, grad = compiled
         else:
