@@ -34,8 +34,11 @@ def test_cells_shared_by_grids_train_once_and_keys_are_distinct():
     for name, grid in GRIDS.items():
         assert len({c.key for c in grid.cells}) == len(grid.cells), name
     # Shared: FL (2, 0.25) by six grids, balanced CE (0.75) by four, CE at alpha 0.25 and
-    # 0.5 by two. CE in "init" trains without gradient clipping: not the CE of "headline".
-    assert len(distinct_cells()) == sum(len(g.cells) for g in GRIDS.values()) - 5 - 3 - 1 - 1
+    # 0.5 by two, GHM-C (momentum 0.75) by two. CE in "init" trains without gradient clipping:
+    # not the CE of "headline".
+    assert len(distinct_cells()) == sum(len(g.cells) for g in GRIDS.values()) - 5 - 3 - 1 - 1 - 1
+    ghm = {g: c.key for g, grid in GRIDS.items() for c in grid.cells if c.label == "GHM-C, 30 bins, momentum 0.75"}
+    assert set(ghm) == {"family", "ghm_c"} and len(set(ghm.values())) == 1
 
 
 def test_reports_put_our_numbers_beside_the_papers(tmp_path):
