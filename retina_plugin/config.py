@@ -76,6 +76,10 @@ def add_retina_config(cfg):
     # from INIT. detectron2 fixes these at 0.9 and 100.
     _C.MODEL.RETINANET.LOSS_NORMALIZER_MOMENTUM = 0.9
     _C.MODEL.RETINANET.LOSS_NORMALIZER_INIT = 100.0
+    # A factor on the classification loss (mmdetection's loss_weight). 1 is detectron2's; a
+    # loss that is a mean over all pairs (GHM-C) is on another scale than one divided by the
+    # positive anchors, and mmdetection sums such a loss over the FPN levels (5 means).
+    _C.MODEL.RETINANET.CLS_LOSS_WEIGHT = 1.0
     # What computes COCO AP behind detectron2's COCOEvaluator (retina_plugin/evaluation.py):
     # "faster_coco_eval" (C++, the same stats many times faster) or "pycocotools" (the
     # official Python one, which detectron2 falls back to without its compiled extension).

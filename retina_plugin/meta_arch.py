@@ -41,6 +41,7 @@ class FocalRetinaNet(RetinaNet):
         loss_normalizer: str = "ema",
         loss_normalizer_momentum: float = 0.9,
         loss_normalizer_init: float = 100.0,
+        cls_loss_weight: float = 1.0,
         **kwargs,
     ):
         """
@@ -50,6 +51,7 @@ class FocalRetinaNet(RetinaNet):
             loss_normalizer: "num_pos" (divide by the batch's positive anchors, the paper) or
                 "ema" (by their moving average, detectron2).
             loss_normalizer_momentum, loss_normalizer_init: the moving average of "ema".
+            cls_loss_weight: a factor on the classification loss (1: detectron2's).
             kwargs: the arguments of detectron2's RetinaNet; its focal_loss_* are unused.
         """
         super().__init__(**kwargs)
@@ -59,6 +61,7 @@ class FocalRetinaNet(RetinaNet):
             loss_normalizer_momentum,
             loss_normalizer_init,
             self.box_reg_loss_type,
+            cls_loss_weight,
         )
         self.cls_loss = cls_loss
         # K, or K + 1 for a loss with a background logit: how the head's outputs are read.
@@ -66,9 +69,10 @@ class FocalRetinaNet(RetinaNet):
         self.loss_normalizer_type = loss_normalizer
         self.loss_normalizer_momentum = loss_normalizer_momentum
         self.loss_normalizer_init = loss_normalizer_init
+        self.cls_loss_weight = float(cls_loss_weight)
 
     @staticmethod
-    def check_values(check, loss_normalizer, momentum, init, box_reg_loss_type):
+    def check_values(check, loss_normalizer, momentum, init, box_reg_loss_type, cls_loss_weight=1.0):
         """Call check(ok, key, value, allowed) for each value (see config.check_config_value)."""
         check(
             loss_normalizer in LOSS_NORMALIZERS,
@@ -89,6 +93,13 @@ class FocalRetinaNet(RetinaNet):
             box_reg_loss_type,
             f"choose one of {', '.join(BOX_REG_LOSS_TYPES)}",
         )
+        number = isinstance(cls_loss_weight, (int, float)) and not isinstance(cls_loss_weight, bool)
+        check(
+            number and 0 < cls_loss_weight < float("inf"),
+            "MODEL.RETINANET.CLS_LOSS_WEIGHT",
+            cls_loss_weight,
+            "use a positive finite number (1: detectron2's)",
+        )
 
     @classmethod
     def check_config(cls, cfg, check):
@@ -99,6 +110,7 @@ class FocalRetinaNet(RetinaNet):
             retinanet.LOSS_NORMALIZER_MOMENTUM,
             retinanet.LOSS_NORMALIZER_INIT,
             retinanet.BBOX_REG_LOSS_TYPE,
+            retinanet.CLS_LOSS_WEIGHT,
         )
 
     @classmethod
@@ -132,6 +144,7 @@ class FocalRetinaNet(RetinaNet):
             "loss_normalizer": retinanet.LOSS_NORMALIZER,
             "loss_normalizer_momentum": retinanet.LOSS_NORMALIZER_MOMENTUM,
             "loss_normalizer_init": retinanet.LOSS_NORMALIZER_INIT,
+            "cls_loss_weight": retinanet.CLS_LOSS_WEIGHT,
             "smooth_l1_beta": retinanet.SMOOTH_L1_LOSS_BETA,
             "box_reg_loss_type": retinanet.BBOX_REG_LOSS_TYPE,
             "test_score_thresh": retinanet.SCORE_THRESH_TEST,
@@ -205,7 +218,7 @@ class FocalRetinaNet(RetinaNet):
 
         Returns:
             dict with "loss_cls" and "loss_box_reg", each summed over anchors and divided by
-            the normaliser.
+            the normaliser; "loss_cls" times MODEL.RETINANET.CLS_LOSS_WEIGHT.
         """
         num_images = len(gt_labels)
         gt_labels = torch.stack(gt_labels)  # (N, R)
@@ -252,6 +265,8 @@ class FocalRetinaNet(RetinaNet):
         )
         if not self.cls_loss.normalized_by_itself:
             loss_cls = loss_cls / normalizer
+        if self.cls_loss_weight != 1.0:
+            loss_cls = loss_cls * self.cls_loss_weight
         return {"loss_cls": loss_cls, "loss_box_reg": loss_box_reg / normalizer}
 
 

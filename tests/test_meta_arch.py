@@ -123,6 +123,27 @@ def test_num_pos_normaliser_divides_by_the_batch_positives():
         torch.testing.assert_close(losses[name] * normalizer, ema_losses[name] * ema_normalizer)
 
 
+@pytest.mark.parametrize("loss_type", ["focal", "ghm_c"])
+def test_cls_loss_weight_scales_the_classification_loss_alone(loss_type):
+    # GHM-C included: a loss normalised by itself is weighted too.
+    _, plugin = builtin_and_plugin(LOSS_NORMALIZER="num_pos", CLS_LOSS_TYPE=loss_type)
+    weighted_cfg = tiny_cfg()
+    weighted_cfg.MODEL.RETINANET.LOSS_NORMALIZER = "num_pos"
+    weighted_cfg.MODEL.RETINANET.CLS_LOSS_TYPE = loss_type
+    weighted_cfg.MODEL.RETINANET.CLS_LOSS_WEIGHT = 2.5
+    weighted = build_model(weighted_cfg)
+    weighted.load_state_dict(plugin.state_dict())
+    batch = tiny_batch()
+    losses = {}
+    for name, model in (("plain", plugin), ("weighted", weighted)):
+        model.train()
+        with EventStorage():
+            losses[name] = model(batch)
+    assert losses["plain"]["loss_cls"] > 0
+    torch.testing.assert_close(losses["weighted"]["loss_cls"], 2.5 * losses["plain"]["loss_cls"])
+    torch.testing.assert_close(losses["weighted"]["loss_box_reg"], losses["plain"]["loss_box_reg"], rtol=0, atol=0)
+
+
 def test_a_registered_loss_is_selected_by_cls_loss_type():
     calls = []
 

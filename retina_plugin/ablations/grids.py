@@ -247,11 +247,13 @@ GRIDS: Dict[str, Grid] = {
             ghm_c("GHM-C, 30 bins, momentum 0.75"),
             ghm_c("GHM-C, 30 bins, momentum 0.75, 2x schedule", 0.75, *SPARSE_2X),
             ghm_c("GHM-C, 30 bins, momentum 0 (one batch's density)", 0.0),
+            ghm_c("GHM-C, 30 bins, momentum 0.75, loss weight 5", 0.75, (RETINANET + "CLS_LOSS_WEIGHT", 5.0)),
         ),
         note="Run with configs/sparse.yaml, where the family grid's GHM-C hardly learns to "
-        "classify: does it learn in twice the iterations (6000, steps at 5000 and 5600), or "
-        "with the gradient density of each batch alone (no moving average)? The first cell is "
-        "the family grid's (--reuse-from its output).",
+        "classify: does it learn in twice the iterations (6000, steps at 5000 and 5600), with "
+        "the gradient density of each batch alone (no moving average), or with its loss 5 "
+        "times larger (mmdetection sums GHM-C's mean over the 5 FPN levels)? The first cell "
+        "is the family grid's (--reuse-from its output).",
     ),
     "imbalance": Grid(
         "The imbalance sweep: balanced CE against FL as the data grows more imbalanced",
