@@ -242,7 +242,7 @@ GRIDS: Dict[str, Grid] = {
         "R-CNN with CE, 47.2 against Poly-1's 49.7 (its Table 1), no RetinaNet.",
     ),
     "ghm_c": Grid(
-        "GHM-C in the paper regime: a longer schedule, and the density of one batch",
+        "GHM-C: a longer schedule, one batch's density, a larger loss weight",
         (
             ghm_c("GHM-C, 30 bins, momentum 0.75"),
             ghm_c("GHM-C, 30 bins, momentum 0.75, 2x schedule", 0.75, *SPARSE_2X),
