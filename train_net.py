@@ -35,7 +35,8 @@ from retina_plugin.checkpoint import CheckpointError, SafeDetectionCheckpointer,
 from retina_plugin.data import CheckedDatasetMapper, DatasetError, register_coco_dataset
 from retina_plugin.config import changed_keys
 from retina_plugin.data.custom import check_datasets_present, explained_empty_training_set
-from retina_plugin.output_lock import OutputDirInUseError, lock_output_dir
+from retina_plugin.output_lock import OutputDirInUseError, OutputDirNotWritableError, lock_output_dir
+from retina_plugin.pretrain import require_pretrained
 from retina_plugin.evaluation import EngineCOCOEvaluator
 from retina_plugin.lazy import build_lazy_model, evaluate_lazy, load_lazy_config, train_lazy
 
@@ -141,6 +142,8 @@ def setup(args):
             build_model(cfg), cfg.OUTPUT_DIR,
             changed_keys(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg),
         )
+    if not args.eval_only and not (args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))):
+        require_pretrained(cfg.MODEL.WEIGHTS)  # a pretrained backbone not made yet: say how
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="retina_plugin")
     if cpu_fallback:
@@ -295,7 +298,10 @@ def argument_parser():
 
 # Problems with the user's config, data, checkpoint or training, each raised with a message
 # that names it and the fix: printed alone, not under a traceback that buries it.
-USER_ERRORS = (retina_plugin.ConfigValueError, DatasetError, CheckpointError, OutputDirInUseError, FloatingPointError)
+USER_ERRORS = (
+    retina_plugin.ConfigValueError, DatasetError, CheckpointError, OutputDirInUseError, OutputDirNotWritableError,
+    FloatingPointError,
+)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import warnings as _warnings
 _warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 _warnings.filterwarnings("ignore", message=r"pkg_resources is deprecated", category=UserWarning)
 
-from . import backbone, data  # noqa: E402  only registration: a CPU-sized backbone, the built-in data sets
+from . import backbone, data, pretrain  # noqa: E402  only registration: a CPU-sized backbone, the built-in data sets, retina_pretrained://
 from .config import ConfigValueError, add_retina_config, merge_config_file, merge_config_list
 from .head import RETINA_HEAD_REGISTRY, RetinaHead, build_retina_head
 from .losses import (

@@ -60,6 +60,18 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
                 raise CheckpointError(f"Checkpoint {path!r} does not exist: check MODEL.WEIGHTS.")
         return super().load(path, *args, **kwargs)
 
+    def resume_or_load(self, path, *, resume=True):
+        if resume and self.has_checkpoint() and "://" not in self.save_dir:
+            last = self.get_checkpoint_file()
+            if not os.path.isfile(last):
+                raise CheckpointError(
+                    f"--resume: {os.path.join(self.save_dir, 'last_checkpoint')} names {last}, which "
+                    f"does not exist (moved or deleted). Restore that file to continue the run, or "
+                    f"pass --start-over to train again from MODEL.WEIGHTS ({path or 'none'}) in "
+                    f"this OUTPUT_DIR."
+                )
+        return super().resume_or_load(path, resume=resume)
+
     def _load_file(self, filename):
         try:
             if filename.endswith(".pkl"):

@@ -1,5 +1,7 @@
 import contextlib
+import difflib
 import os
+import re
 
 import yaml
 
@@ -69,13 +71,24 @@ def add_retina_config(cfg):
     _C.MODEL.RETINANET.FOCAL_LOSS_IMPL = "auto"
     # What the summed losses are divided by:
     #   "num_pos": the paper: the batch's number of anchors assigned to a ground-truth box;
-    #   "ema": detectron2: a moving average of that number, steadier with few images per GPU.
+    #   "ema": detectron2: a moving average of that number, steadier with few images per GPU;
+    #   "guided": Sampling-Free's guided loss scaling: the box loss divided by the positives,
+    #       the class loss multiplied by stop_grad(box loss / class loss), to the box loss's size.
     # "ema" is the default so that results match detectron2's built-in RetinaNet.
     _C.MODEL.RETINANET.LOSS_NORMALIZER = "ema"
     # The moving average of "ema": new = old * MOMENTUM + num_pos * (1 - MOMENTUM), starting
     # from INIT. detectron2 fixes these at 0.9 and 100.
     _C.MODEL.RETINANET.LOSS_NORMALIZER_MOMENTUM = 0.9
     _C.MODEL.RETINANET.LOSS_NORMALIZER_INIT = 100.0
+    # Sampling-Free (Chen et al. 2019; retina_plugin/sampling_free.py), for every loss:
+    #   PRIOR_FROM_DATA: the class bias from the training data's measured foreground fraction
+    #       per class (replaces PRIOR_PROB; measured once, cached, logged);
+    #   ADAPTIVE_SCORE_THRESH: at inference a score counts above the classifier's prior
+    #       (the measured one, or PRIOR_PROB) instead of SCORE_THRESH_TEST;
+    # and LOSS_NORMALIZER "guided" (above), its guided loss scaling.
+    _C.MODEL.RETINANET.SAMPLING_FREE = CN()
+    _C.MODEL.RETINANET.SAMPLING_FREE.PRIOR_FROM_DATA = False
+    _C.MODEL.RETINANET.SAMPLING_FREE.ADAPTIVE_SCORE_THRESH = False
     # A factor on the classification loss (mmdetection's loss_weight). 1 is detectron2's; a
     # loss that is a mean over all pairs (GHM-C) is on another scale than one divided by the
     # positive anchors, and mmdetection sums such a loss over the FPN levels (5 means).
@@ -97,6 +110,52 @@ def check_config_value(ok, key, value, allowed):
         raise ConfigValueError(f"{key} = {value!r} is not allowed: {allowed}.")
 
 
+def unknown_key_error(cfg, key, source) -> ConfigValueError:
+    """The error for a key the config does not have: where it came from, and the closest keys."""
+    known = list(_flatten(yaml.safe_load(cfg.dump())))
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.75)
+    if not close:  # a misspelt group (MODEL.RETINANETT.X): the keys of the same last name
+        close = [k for k in known if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]][:3]
+    hint = f" Did you mean {' or '.join(close)}?" if close else " Check its spelling and group."
+    return ConfigValueError(f"{key} is not a config key ({source}).{hint}")
+
+
+def _file_with_key(path, key, depth=0):
+    """(the file of `path`'s _BASE_ chain that sets `key` or a key under it, read as plain YAML;
+    that full key), or None. yacs names only the first level that does not exist."""
+    loaded = _read_plain(path)
+    if not isinstance(loaded, dict) or depth > 20:
+        return None
+    for full in _flatten(loaded):
+        if full == key or full.startswith(key + "."):
+            return path, full
+    base = loaded.get("_BASE_")
+    if isinstance(base, str):
+        return _file_with_key(base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base), key, depth + 1)
+    return None
+
+
+class _PlainLoader(yaml.SafeLoader):
+    """SafeLoader that reads any Python tag as None: only the keys matter here."""
+
+
+_PlainLoader.add_multi_constructor("tag:yaml.org,2002:python/", lambda loader, suffix, node: None)
+
+
+def _read_plain(path):
+    try:
+        with open(path) as f:
+            return yaml.load(f, Loader=_PlainLoader) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def _missing_key(error):
+    """The dotted key of yacs' "Non-existent (config) key: K" error, or None for another error."""
+    match = re.search(r"Non-existent (?:config )?key: (\S+)", str(error))
+    return match.group(1).strip("'\"") if match else None
+
+
 def merge_config_file(cfg, path, allow_python_tags=False):
     """
     cfg.merge_from_file(path), its _BASE_ files included, without running code from them.
@@ -116,6 +175,12 @@ def merge_config_file(cfg, path, allow_python_tags=False):
                     node = node.get(part) if isinstance(node, dict) else None
                 _match_type(cfg, key, node)
             cfg.merge_from_file(path, allow_unsafe=allow_python_tags)
+    except (KeyError, AssertionError) as e:
+        key = _missing_key(e)
+        if key is None:
+            raise
+        where, key = _file_with_key(path, key) or (path, key)
+        raise unknown_key_error(cfg, key, f"set in {where}") from None
     except yaml.constructor.ConstructorError as e:
         where = f"{e.problem_mark.name}, line {e.problem_mark.line + 1}" if e.problem_mark else path
         raise ConfigValueError(
@@ -136,7 +201,13 @@ def merge_config_list(cfg, opts):
             _match_type(cfg, key, decoded)
         elif isinstance(decoded, int) and not isinstance(decoded, bool) and isinstance(_current(cfg, key), float):
             opts[index + 1] = float(decoded)
-    cfg.merge_from_list(opts)
+    try:
+        cfg.merge_from_list(opts)
+    except (KeyError, AssertionError) as e:
+        key = _missing_key(e)
+        if key is None:
+            raise
+        raise unknown_key_error(cfg, key, "given on the command line") from None
 
 
 def _current(cfg, key):

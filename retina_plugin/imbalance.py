@@ -149,7 +149,7 @@ def measure_imbalance(
 
     Returns:
         a JSON-able dict: images, classes, anchors per image, positive and ignored anchors per
-        image (median, p10, p90, mean), R (negative pairs per positive pair, over all images),
+        image (median, p10, p90, mean), positive and negative anchors in all, R (negative pairs per positive pair, over all images),
         and the initial losses R implies (see initial_losses).
     """
     from tqdm import tqdm
@@ -179,6 +179,8 @@ def measure_imbalance(
         "anchors_per_image": _percentiles(per_image["anchors"]),
         "positive_anchors_per_image": _percentiles(per_image["positive"]),
         "ignored_anchors_per_image": _percentiles(per_image["ignored"]),
+        "positive_anchors": positive,
+        "negative_anchors": negative,
         "anchors_per_positive": (sum(per_image["anchors"]) / positive) if positive else math.inf,
         "negative_pairs_per_positive": ratio,
         "initial_loss_per_positive": initial_losses(ratio, cfg.MODEL.RETINANET.PRIOR_PROB)

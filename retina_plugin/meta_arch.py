@@ -1,3 +1,5 @@
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -17,8 +19,9 @@ from .validate import validate_config
 from .head import build_retina_head
 from .imbalance import negative_pairs_per_positive
 from .losses import build_cls_loss
+from .sampling_free import data_prior
 
-LOSS_NORMALIZERS = ("num_pos", "ema")
+LOSS_NORMALIZERS = ("num_pos", "ema", "guided")
 BOX_REG_LOSS_TYPES = ("smooth_l1", "giou", "diou", "ciou")
 
 
@@ -42,16 +45,20 @@ class FocalRetinaNet(RetinaNet):
         loss_normalizer_momentum: float = 0.9,
         loss_normalizer_init: float = 100.0,
         cls_loss_weight: float = 1.0,
+        adaptive_score_thresh: Optional[float] = None,
         **kwargs,
     ):
         """
         Args:
             cls_loss: called as cls_loss(pred_logits (N, R, K), gt_labels (N, R)) and
                 returning the classification loss summed over anchors (see CLS_LOSS_REGISTRY).
-            loss_normalizer: "num_pos" (divide by the batch's positive anchors, the paper) or
-                "ema" (by their moving average, detectron2).
+            loss_normalizer: "num_pos" (divide by the batch's positive anchors, the paper),
+                "ema" (by their moving average, detectron2) or "guided" (Sampling-Free: the box
+                loss by the positives, the class loss scaled to the box loss's size).
             loss_normalizer_momentum, loss_normalizer_init: the moving average of "ema".
             cls_loss_weight: a factor on the classification loss (1: detectron2's).
+            adaptive_score_thresh: Sampling-Free's class-adaptive threshold: the classifier's
+                prior, which replaces test_score_thresh (None: test_score_thresh).
             kwargs: the arguments of detectron2's RetinaNet; its focal_loss_* are unused.
         """
         super().__init__(**kwargs)
@@ -70,6 +77,8 @@ class FocalRetinaNet(RetinaNet):
         self.loss_normalizer_momentum = loss_normalizer_momentum
         self.loss_normalizer_init = loss_normalizer_init
         self.cls_loss_weight = float(cls_loss_weight)
+        if adaptive_score_thresh is not None:
+            self.test_score_thresh = float(adaptive_score_thresh)
 
     @staticmethod
     def check_values(check, loss_normalizer, momentum, init, box_reg_loss_type, cls_loss_weight=1.0):
@@ -112,6 +121,9 @@ class FocalRetinaNet(RetinaNet):
             retinanet.BBOX_REG_LOSS_TYPE,
             retinanet.CLS_LOSS_WEIGHT,
         )
+        for key in ("PRIOR_FROM_DATA", "ADAPTIVE_SCORE_THRESH"):
+            value = retinanet.SAMPLING_FREE.get(key)
+            check(isinstance(value, bool), f"MODEL.RETINANET.SAMPLING_FREE.{key}", value, "use True or False")
 
     @classmethod
     def from_config(cls, cfg):
@@ -130,9 +142,17 @@ class FocalRetinaNet(RetinaNet):
             f"the backbone has no {missing}; it outputs {sorted(backbone_shape)}",
         )
         feature_shapes = [backbone_shape[f] for f in retinanet.IN_FEATURES]
+        prior_prob = retinanet.PRIOR_PROB
+        head_cfg = cfg
+        if retinanet.SAMPLING_FREE.PRIOR_FROM_DATA:
+            # Sampling-Free's optimal bias initialisation: the prior the training data measures.
+            prior_prob = data_prior(cfg)["prior"]
+            head_cfg = cfg.clone()
+            head_cfg.defrost()
+            head_cfg.MODEL.RETINANET.PRIOR_PROB = prior_prob
         return {
             "backbone": backbone,
-            "head": build_retina_head(cfg, feature_shapes),
+            "head": build_retina_head(head_cfg, feature_shapes),
             "head_in_features": retinanet.IN_FEATURES,
             "anchor_generator": build_anchor_generator(cfg, feature_shapes),
             "box2box_transform": Box2BoxTransform(weights=retinanet.BBOX_REG_WEIGHTS),
@@ -145,6 +165,7 @@ class FocalRetinaNet(RetinaNet):
             "loss_normalizer_momentum": retinanet.LOSS_NORMALIZER_MOMENTUM,
             "loss_normalizer_init": retinanet.LOSS_NORMALIZER_INIT,
             "cls_loss_weight": retinanet.CLS_LOSS_WEIGHT,
+            "adaptive_score_thresh": prior_prob if retinanet.SAMPLING_FREE.ADAPTIVE_SCORE_THRESH else None,
             "smooth_l1_beta": retinanet.SMOOTH_L1_LOSS_BETA,
             "box_reg_loss_type": retinanet.BBOX_REG_LOSS_TYPE,
             "test_score_thresh": retinanet.SCORE_THRESH_TEST,
@@ -167,7 +188,7 @@ class FocalRetinaNet(RetinaNet):
 
     def normalizer(self, num_pos_anchors: int) -> float:
         """What the summed losses of a batch with `num_pos_anchors` positives are divided by."""
-        if self.loss_normalizer_type == "num_pos":
+        if self.loss_normalizer_type in ("num_pos", "guided"):
             # The paper's: the positives of the whole batch, over all processes. Divided by
             # their number, since DDP averages the processes' gradients: N processes then
             # train as one process with all their images.
@@ -263,11 +284,16 @@ class FocalRetinaNet(RetinaNet):
             box_reg_loss_type=self.box_reg_loss_type,
             smooth_l1_beta=self.smooth_l1_beta,
         )
-        if not self.cls_loss.normalized_by_itself:
+        loss_box_reg = loss_box_reg / normalizer
+        if self.loss_normalizer_type == "guided":
+            # Sampling-Free's guided loss scaling: the class loss takes the box loss's size,
+            # its gradient its own direction (the ratio carries no gradient).
+            loss_cls = loss_cls * (loss_box_reg / loss_cls.clamp(min=1e-12)).detach()
+        elif not self.cls_loss.normalized_by_itself:
             loss_cls = loss_cls / normalizer
         if self.cls_loss_weight != 1.0:
             loss_cls = loss_cls * self.cls_loss_weight
-        return {"loss_cls": loss_cls, "loss_box_reg": loss_box_reg / normalizer}
+        return {"loss_cls": loss_cls, "loss_box_reg": loss_box_reg}
 
 
     def quality_targets(self, anchors, pred_anchor_deltas, gt_boxes, pos_mask):

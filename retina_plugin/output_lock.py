@@ -15,14 +15,25 @@ class OutputDirInUseError(RuntimeError):
     """Another run holds the OUTPUT_DIR; the message names it."""
 
 
+class OutputDirNotWritableError(OSError):
+    """OUTPUT_DIR cannot be created or written; the message names it and why."""
+
+
 def lock_output_dir(path):
-    """Hold OUTPUT_DIR `path` for this process, or raise OutputDirInUseError naming its holder."""
+    """Hold OUTPUT_DIR `path` for this process, or raise OutputDirInUseError naming its holder
+    (OutputDirNotWritableError when it cannot be written: said at start, before anything is built)."""
     path = os.path.abspath(path)
     if path in _held:
         return
-    os.makedirs(path, exist_ok=True)
-    lock_file = os.path.join(path, ".lock")
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd = os.open(os.path.join(path, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise OutputDirNotWritableError(
+            f"OUTPUT_DIR {path} cannot be written ({e.strerror or e}): the run would lose its "
+            f"checkpoints and metrics. Choose a writable OUTPUT_DIR (for example OUTPUT_DIR "
+            f"./output/run on the command line), or fix the folder's permissions."
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -28,15 +28,20 @@ def test_every_cell_is_a_valid_config(key):
 
 
 def test_cells_shared_by_grids_train_once_and_keys_are_distinct():
-    fl = {g: c.key for g, grid in GRIDS.items() for c in grid.cells if c.label.startswith("FL gamma 2, alpha 0.25")}
-    assert set(fl) == {"headline", "table1b", "table1d", "variants", "interaction", "family"}
+    fl = {g: c.key for g, grid in GRIDS.items() for c in grid.cells if c.label == "FL gamma 2, alpha 0.25"}
+    assert set(fl) == {"headline_scratch", "table1b", "table1d", "variants", "interaction", "family"}
     assert len(set(fl.values())) == 1
     for name, grid in GRIDS.items():
         assert len({c.key for c in grid.cells}) == len(grid.cells), name
     # Shared: FL (2, 0.25) by six grids, balanced CE (0.75) by four, CE at alpha 0.25 and
     # 0.5 by two, GHM-C (momentum 0.75) by two. CE in "init" trains without gradient clipping:
-    # not the CE of "headline".
-    assert len(distinct_cells()) == sum(len(g.cells) for g in GRIDS.values()) - 5 - 3 - 1 - 1 - 1
+    # not the CE of "headline_scratch", but the CE of "headline" without clipping; the
+    # schedule's runs at the config's schedule are headline's balanced CE and FL without clipping.
+    assert len(distinct_cells()) == sum(len(g.cells) for g in GRIDS.values()) - 5 - 3 - 1 - 1 - 1 - 1 - 2
+    ce = {g: c.key for g, grid in GRIDS.items() for c in grid.cells if c.label in ("CE, no clipping", "CE, prior init (pi = 0.01)")}
+    assert set(ce) == {"init", "headline"} and len(set(ce.values())) == 1
+    schedule = [c.key for c in GRIDS["schedule"].cells if "2x" not in c.label]
+    assert len(schedule) == 2 and set(schedule) <= {c.key for c in GRIDS["headline"].cells}
     ghm = {g: c.key for g, grid in GRIDS.items() for c in grid.cells if c.label == "GHM-C, 30 bins, momentum 0.75"}
     assert set(ghm) == {"family", "ghm_c"} and len(set(ghm.values())) == 1
 
@@ -114,22 +119,22 @@ def metrics_of(ap):
 
 
 def test_seeds_are_runs_of_their_own_first_seeds_first():
-    runs = ablations.grid_runs(["headline"], seeds=3)
-    cells = GRIDS["headline"].cells
+    runs = ablations.grid_runs(["headline_scratch"], seeds=3)
+    cells = GRIDS["headline_scratch"].cells
     assert len(runs) == 9
     seeds = [dict(c.overrides)["SEED"] for c in runs.values()]
     assert seeds == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     assert len({c.key for c in runs.values()}) == 9 and all("seed=" in k for k in runs)
     # Without --seeds, a cell is its one run with the config's SEED, named as before.
-    assert list(ablations.grid_runs(["headline"])) == [c.key for c in cells]
+    assert list(ablations.grid_runs(["headline_scratch"])) == [c.key for c in cells]
     # A cell may cap its seeds: the sweep's standard-init CE runs once.
-    sweep = ablations.grid_runs(["imbalance"], seeds=2)
+    sweep = ablations.grid_runs(["imbalance_scratch"], seeds=2)
     standard = [c for c in sweep.values() if "standard init" in c.label]
     assert len(standard) == len(ablations.SWEEP_DATA) and len(sweep) == 5 * len(ablations.SWEEP_DATA)
 
 
 def test_report_of_seeded_runs_shows_each_run_and_mean_std(tmp_path):
-    cells = GRIDS["headline"].cells
+    cells = GRIDS["headline_scratch"].cells
     results = {}
     for cell, aps in zip(cells, ([40.0, 42.0, 44.0], [30.0, 31.0, None], [35.0, 36.0, 37.0])):
         for run, ap in zip(cell.seeded(3), aps):
@@ -137,7 +142,7 @@ def test_report_of_seeded_runs_shows_each_run_and_mean_std(tmp_path):
                 results[run.key] = Result("ok", metrics_of(ap), curve=[(99, ap - 10), (199, ap)])
     diverged = cells[1].with_seed(2)
     results[diverged.key] = Result("diverged", iteration=7)
-    paths = write_reports(["headline"], results, str(tmp_path), "Measured with: `x`", seeds=3)
+    paths = write_reports(["headline_scratch"], results, str(tmp_path), "Measured with: `x`", seeds=3)
     md = open(paths["md"]).read()
     assert "| CE | 40.0, 42.0, 44.0 | 42.0 ± 2.0 | 62.0 ± 2.0 | 37.0 ± 2.0 | 1.0 ± 0.0 | 2.0 ± 0.0 | - | - |" in md
     assert "| balanced CE, alpha 0.75 | 30.0, 31.0, diverged at iteration 7 | 30.5 ± 0.7 |" in md
@@ -148,12 +153,12 @@ def test_report_of_seeded_runs_shows_each_run_and_mean_std(tmp_path):
     from retina_plugin.ablations.report import curves_of
 
     assert curves_of(cells[0], results, 3) == [(99, 32.0, 2.0, 3), (199, 42.0, 2.0, 3)]
-    assert os.path.getsize(paths["headline_curves"]) > 10_000
+    assert os.path.getsize(paths["headline_scratch_curves"]) > 10_000
 
 
 def test_sweep_report_puts_fl_minus_balanced_ce_against_r(tmp_path):
     results = {}
-    for cell in GRIDS["imbalance"].cells:
+    for cell in GRIDS["imbalance_scratch"].cells:
         dataset = dict(cell.params)["dataset"]
         ratio = {"retina_shapes": 400.0, "retina_sparse": 30000.0}.get(dataset)
         if ratio is None:
@@ -166,22 +171,64 @@ def test_sweep_report_puts_fl_minus_balanced_ce_against_r(tmp_path):
                 share = 0.9 if "balanced" in cell.label else 0.3 + 0.1 * seed
                 result = Result("ok", metrics_of(ap + seed), neg_pairs_per_pos=ratio, background_share=share)
             results[run.key] = result
-    points = ablations.sweep_points("imbalance", results, seeds=2)
+    points = ablations.sweep_points("imbalance_scratch", results, seeds=2)
     assert [p["dataset"] for p in points] == [d for d, _ in ablations.SWEEP_DATA]
-    assert points[0]["R"] == 400.0 and points[0]["delta"] == (-5.0, 1.0)
-    assert points[3]["R"] == 30000.0 and points[3]["delta"] == (10.0, 1.0) and points[3]["seeds"] == 2
+    assert points[0]["R"] == 400.0 and points[0]["delta"] == {"FL": (-5.0, 1.0, 2)}
+    assert points[3]["R"] == 30000.0 and points[3]["delta"] == {"FL": (10.0, 1.0, 2)}
     one_seed = {k: r for k, r in results.items() if "seed=1" not in k}
-    assert "| retina_sparse | 3e+04 | 10.0 | 20.0 | +10.0 (1 seed) |" in "\n".join(ablations.report.sweep_table("imbalance", one_seed, seeds=2))
-    assert points[3]["standard_init"] == "diverged at iteration 3"
-    paths = write_reports(["imbalance"], results, str(tmp_path), seeds=2)
+    assert "| retina_sparse | 3e+04 | 10.0 | 20.0 | +10.0 (1 seed) |" in "\n".join(ablations.report.sweep_table("imbalance_scratch", one_seed, seeds=2))
+    assert points[3]["outcome"] == {"CE, standard init": "diverged at iteration 3"}
+    paths = write_reports(["imbalance_scratch"], results, str(tmp_path), seeds=2)
     md = open(paths["md"]).read()
     assert "| retina_sparse | 3e+04 | 10.5 ± 0.7 | 20.5 ± 0.7 | +10.0 ± 1.0 | 90%, 35% | diverged at iteration 3 |" in md
     assert "| retina_imbalance_k12 | - | - | - | - | -, - | not run |" in md
-    assert os.path.getsize(paths["imbalance"]) > 10_000
+    assert os.path.getsize(paths["imbalance_scratch"]) > 10_000
+
+
+def test_sweep_of_three_losses_compares_each_with_balanced_ce(tmp_path):
+    results = {}
+    aps = {"balanced CE": 50.0, "FL": 40.0, "Sampling-Free": 56.0}
+    for cell in GRIDS["imbalance"].cells:
+        params = dict(cell.params)
+        if params["dataset"] != "retina_sparse":
+            continue
+        for seed, run in enumerate(cell.seeded(2)):
+            results[run.key] = Result("ok", metrics_of(aps[params["loss"]] + seed), neg_pairs_per_pos=25000.0,
+                                      background_share=0.2)
+    table = "\n".join(ablations.report.sweep_table("imbalance", results, seeds=2))
+    assert ("| data set | R (training's median) | balanced CE AP | FL AP | Sampling-Free AP | "
+            "AP(FL) - AP(balanced CE) | AP(Sampling-Free) - AP(balanced CE) |") in table
+    assert "| retina_sparse | 2.5e+04 | 50.5 ± 0.7 | 40.5 ± 0.7 | 56.5 ± 0.7 | -10.0 ± 1.0 | +6.0 ± 1.0 | 20%, 20%, 20% |" in table
+    assert "| retina_shapes | - | - | - | - | - | - | -, -, - |" in table
+    assert os.path.getsize(write_reports(["imbalance"], results, str(tmp_path), seeds=2)["imbalance"]) > 10_000
+
+
+def test_measured_regimes_answer_by_the_nearest_r(tmp_path):
+    from retina_plugin.ablations.regimes import format_regime, nearest_regime
+
+    rows = [("retina_shapes: balanced CE, alpha 0.75", "ok", 70.0, 400.0), ("retina_shapes: FL gamma 2, alpha 0.25", "ok", 72.0, 380.0),
+            ("retina_sparse: balanced CE, alpha 0.75", "ok", 60.0, 25000.0), ("retina_sparse: FL gamma 2, alpha 0.25", "ok", 50.0, 25000.0),
+            ("retina_sparse: FL gamma 2, alpha 0.25", "diverged at iteration 3", "", 25000.0)]
+    newer = tmp_path / "new" / "results.csv"
+    newer.parent.mkdir()
+    newer.write_text("grid,cell,status,AP,neg_pairs_per_pos\n")  # no run finished yet: the older sweep answers
+    older = tmp_path / "old" / "results.csv"
+    older.parent.mkdir()
+    with open(older, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["grid", "cell", "status", "AP", "neg_pairs_per_pos"])
+        writer.writerows([("imbalance", *row) for row in rows])
+    sweeps = (("new/results.csv", "newer"), ("old/results.csv", "older"))
+    regime = nearest_regime(9000.0, sweeps, root=str(tmp_path))  # nearer 25000 than 390 on a log scale
+    assert regime["dataset"] == "retina_sparse" and regime["R"] == 25000.0 and regime["what"] == "older"
+    assert regime["ranking"] == [("balanced CE, alpha 0.75", 60.0, 1), ("FL gamma 2, alpha 0.25", 50.0, 1)]
+    assert nearest_regime(100.0, sweeps, root=str(tmp_path))["dataset"] == "retina_shapes"
+    assert "balanced CE, alpha 0.75 60.0 (1 run) > FL gamma 2, alpha 0.25 50.0 (1 run)" in format_regime(9000.0, regime)
+    assert nearest_regime(float("inf"), sweeps, root=str(tmp_path)) is None
 
 
 def test_progress_names_running_runs_their_iteration_and_an_eta(tmp_path):
-    runs = ablations.grid_runs(["headline"], seeds=2)
+    runs = ablations.grid_runs(["headline_scratch"], seeds=2)
     first, second, third = list(runs.values())[:3]
     os.makedirs(tmp_path / "cells" / first.key)
     with open(tmp_path / "cells" / first.key / "result.json", "w") as f:

@@ -163,3 +163,68 @@ def test_builtin_data_that_is_not_here_stops_at_start(tmp_path):
     assert "'coco_2017_train' expects " in log and "instances_train2017.json" in log
     assert f"DETECTRON2_DATASETS={str(tmp_path / 'empty')!r}" in log and "make quickstart" in log
     assert "Traceback" not in log and "FocalRetinaNet(" not in log  # before the model is built
+
+
+# The faults of issue 21, tried as a new user would.
+
+
+def test_a_misspelt_key_names_where_it_came_from_and_the_closest_keys(tmp_path):
+    from retina_plugin import ConfigValueError
+    from retina_plugin.config import get_retina_cfg
+
+    quickstart = os.path.join(REPO, "configs", "quickstart.yaml")
+    with pytest.raises(ConfigValueError) as error:
+        get_retina_cfg(quickstart, ["MODEL.RETINANET.FOCAL_LOSS_GAMA", "1.0"])
+    assert str(error.value).startswith(
+        "MODEL.RETINANET.FOCAL_LOSS_GAMA is not a config key (given on the command line). "
+        "Did you mean MODEL.RETINANET.FOCAL_LOSS_GAMMA"
+    )
+    # In a yaml whose _BASE_ is fine: the file that sets it is named.
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f'_BASE_: "{quickstart}"\nMODEL:\n  RETINANETT:\n    NUM_CLASSES: 3\n')
+    child = tmp_path / "child.yaml"
+    child.write_text(f'_BASE_: "{bad}"\nSOLVER:\n  BASE_LR: 0.01\n')
+    with pytest.raises(ConfigValueError) as error:
+        get_retina_cfg(str(child))
+    assert f"MODEL.RETINANETT.NUM_CLASSES is not a config key (set in {bad})" in str(error.value)
+    assert "Did you mean MODEL.RETINANET.NUM_CLASSES" in str(error.value)
+    # Through train_net.py: the message alone, no traceback.
+    code, log = run(["--config-file", quickstart, "MODEL.RETINANET.FOCAL_LOSS_GAMA", "1.0",
+                     "OUTPUT_DIR", str(tmp_path / "run")], tmp_path)
+    assert code == 2 and "Did you mean MODEL.RETINANET.FOCAL_LOSS_GAMMA" in log and "Traceback" not in log
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A read-only tmpfs where the machine allows mounting one (root), else a path under a file
+    (which no one can create either)."""
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode == 0:
+        yield mount / "run", "Read-only file system"
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+    else:
+        (tmp_path / "a_file").write_text("")
+        yield tmp_path / "a_file" / "run", "Not a directory"
+
+
+def test_an_output_dir_that_cannot_be_written_is_said_at_start(tmp_path, read_only_dir):
+    out, reason = read_only_dir
+    code, log = run(["--config-file", os.path.join(REPO, "configs", "quickstart.yaml"), "OUTPUT_DIR", str(out)], tmp_path)
+    assert code == 2, log[-3000:]
+    assert f"OUTPUT_DIR {out} cannot be written ({reason})" in log and "Choose a writable OUTPUT_DIR" in log
+    assert "Traceback" not in log and "Starting training" not in log and "Generating" not in log
+
+
+def test_resume_whose_last_checkpoint_is_gone_names_it_and_the_choices(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    checkpointer = SafeDetectionCheckpointer(torch.nn.Linear(2, 2), str(out))
+    checkpointer.save("model_0000099")
+    os.remove(out / "model_0000099.pth")
+    with pytest.raises(CheckpointError) as error:
+        checkpointer.resume_or_load("weights.pth", resume=True)
+    message = str(error.value)
+    assert f"--resume: {out / 'last_checkpoint'} names {out / 'model_0000099.pth'}, which does not exist" in message
+    assert "Restore that file" in message and "--start-over" in message and "MODEL.WEIGHTS" not in message.split("--start-over")[0]

@@ -1,12 +1,14 @@
 """
 The paper's ablations and the imbalance sweep: named grids of config overrides (grids.py),
-run through train_net.py, one process per cell and seed (runner.py), and reported as a
+run through train_net.py, one process per cell and seed (runner.py), each run's outcome a
+Result (result.py), and reported as a
 markdown table, a CSV and PNG plots beside the paper's numbers (report.py). The command line
 is tools/run_ablations.py.
 """
 from .grids import GRIDS, METRICS, PAPER_SOURCE, SWEEP_DATA, Cell, Grid, focal
-from .report import format_ap, plot_series, sweep_points, write_reports
-from .runner import Progress, Result, finished_result, grid_runs, read_metrics, run_cell, run_grids
+from .report import plot_series, sweep_points, write_reports
+from .result import Result, format_ap
+from .runner import Progress, finished_result, grid_runs, read_metrics, run_cell, run_grids
 
 __all__ = [
     "GRIDS", "METRICS", "PAPER_SOURCE", "SWEEP_DATA", "Cell", "Grid", "focal",

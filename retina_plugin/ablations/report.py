@@ -2,7 +2,7 @@
 Reports of grids' results: results.md (one row per cell: each seed's AP and their mean and
 standard deviation, beside the paper's AP), results.csv (one row per run) and PNG plots: AP
 against a parameter with error bars, the AP curves of the periodic evaluations, and for the
-imbalance sweep AP(FL) - AP(balanced CE) against R.
+imbalance sweep each loss's AP minus balanced CE's against R.
 """
 import csv
 import math
@@ -11,17 +11,7 @@ import statistics
 from typing import Dict, List, Optional
 
 from .grids import GRIDS, METRICS, PAPER_SOURCE, Cell
-from .runner import Result
-
-
-def format_ap(result: Optional[Result], metric="AP") -> str:
-    if result is None:
-        return "not run"
-    if result.status != "ok":
-        return result.describe()
-    value = result.metrics.get(metric, float("nan"))
-    text = "-" if value != value else f"{value:.1f}"
-    return f"{text} ({result.note})" if result.note and metric == "AP" else text
+from .result import Result, format_ap
 
 
 def cell_runs(cell: Cell, results: Dict[str, Result], seeds=None) -> List[Optional[Result]]:
@@ -205,58 +195,73 @@ def plot_curves(name, results, path, seeds=None):
     return path
 
 
+REFERENCE_LOSS = "balanced CE"  # what a sweep compares every other loss with
+OUTCOME_ONLY = "CE, standard init"  # a loss whose outcome (trains or fails) the sweep shows
+
+
+def sweep_losses(name) -> List[str]:
+    """The short names of a sweep's losses (its cells' "loss" param), in the grid's order."""
+    return list(dict.fromkeys(dict(c.params)["loss"] for c in GRIDS[name].cells))
+
+
 def sweep_points(name, results, seeds=None):
     """
     Per data set of a sweep grid, in the grid's order: {"dataset", "R" (median R that its runs
-    logged), "fl": (mean, std, n), "bce": (mean, std, n), "delta": (AP(FL) - AP(balanced CE),
-    its std), "standard_init": the standard-initialisation CE's outcome}.
+    logged), "ap": {loss: (mean, std, n)}, "share": {loss: mean background share}, "delta":
+    {loss: (AP(loss) - AP(balanced CE), its std, the fewer of the two cells' finished runs)}
+    for every loss but the reference and the outcome-only one, "outcome": {loss: its runs'
+    outcomes} for the outcome-only one}.
     """
     points = []
     for cell in GRIDS[name].cells:
-        dataset = dict(cell.params)["dataset"]
+        params = dict(cell.params)
+        dataset, loss = params["dataset"], params["loss"]
         if not points or points[-1]["dataset"] != dataset:
-            points.append({"dataset": dataset, "ratios": []})
+            points.append({"dataset": dataset, "ratios": [], "ap": {}, "share": {}, "delta": {}, "outcome": {}})
         point, runs = points[-1], cell_runs(cell, results, seeds)
         point["ratios"] += [r.neg_pairs_per_pos for r in runs if r is not None and r.neg_pairs_per_pos]
+        if loss == OUTCOME_ONLY:
+            point["outcome"][loss] = "; ".join(format_ap(r) for r in runs)
+            continue
         shares = [r.background_share for r in runs if r is not None and r.background_share is not None]
-        if "FL gamma" in cell.label:
-            point["fl"], point["fl_share"] = summarize(runs), mean_std(shares)[0]
-        elif "standard init" in cell.label:
-            point["standard_init"] = "; ".join(format_ap(r) for r in runs)
-        else:
-            point["bce"], point["bce_share"] = summarize(runs), mean_std(shares)[0]
+        point["ap"][loss], point["share"][loss] = summarize(runs), mean_std(shares)[0]
     for point in points:
-        point["R"] = statistics.median(point.pop("ratios")) if point.get("ratios") else math.nan
-        (fl, fl_std, fl_n), (bce, bce_std, bce_n) = point.get("fl", (math.nan,) * 3), point.get("bce", (math.nan,) * 3)
-        point["delta"] = (fl - bce, math.hypot(fl_std, bce_std)) if fl_n and bce_n else (math.nan, math.nan)
-        point["seeds"] = min(fl_n, bce_n)  # the fewer of the two cells' finished runs
+        ratios = point.pop("ratios")
+        point["R"] = statistics.median(ratios) if ratios else math.nan
+        ref, ref_std, ref_n = point["ap"].get(REFERENCE_LOSS, (math.nan, math.nan, 0))
+        for loss, (ap, std, n) in point["ap"].items():
+            if loss != REFERENCE_LOSS:
+                delta = (ap - ref, math.hypot(std, ref_std)) if n and ref_n else (math.nan, math.nan)
+                point["delta"][loss] = (*delta, min(n, ref_n))
     return points
 
 
 def sweep_table(name, results, seeds=None) -> List[str]:
-    lines = [
-        "| data set | R (training's median) | balanced CE AP | FL AP | AP(FL) - AP(balanced CE) | "
-        "background's share of the class loss: balanced CE, FL | CE, standard init |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    losses = sweep_losses(name)
+    scored = [loss for loss in losses if loss != OUTCOME_ONLY]
+    compared = [loss for loss in scored if loss != REFERENCE_LOSS]
+    outcomes = [loss for loss in losses if loss == OUTCOME_ONLY]
+    header = (["data set", "R (training's median)"] + [f"{loss} AP" for loss in scored]
+              + [f"AP({loss}) - AP({REFERENCE_LOSS})" for loss in compared]
+              + [f"background's share of the class loss: {', '.join(scored)}"] + outcomes)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
     def percent(share):
         return "-" if share is None or share != share else f"{100 * share:.0f}%"
 
+    def difference(delta):
+        mean, std, runs = delta
+        if mean != mean:
+            return "-"
+        return f"{mean:+.1f} (1 seed)" if runs == 1 else f"{mean:+.1f} ± {std:.1f}"  # no spread from one run each
+
     for p in sweep_points(name, results, seeds):
-        bce, fl = p.get("bce", (math.nan, math.nan, 0)), p.get("fl", (math.nan, math.nan, 0))
-        if p["delta"][0] != p["delta"][0]:
-            delta = "-"
-        elif p["seeds"] == 1:  # no spread to show from one run each
-            delta = f"{p['delta'][0]:+.1f} (1 seed)"
-        else:
-            delta = f"{p['delta'][0]:+.1f} ± {p['delta'][1]:.1f}"
-        ratio = "-" if p["R"] != p["R"] else f"{p['R']:.3g}"
-        shares = f"{percent(p.get('bce_share'))}, {percent(p.get('fl_share'))}"
-        lines.append(
-            f"| {p['dataset']} | {ratio} | {format_mean(*bce)} | {format_mean(*fl)} | {delta} | {shares} | "
-            f"{p.get('standard_init', '-')} |"
-        )
+        row = [p["dataset"], "-" if p["R"] != p["R"] else f"{p['R']:.3g}"]
+        row += [format_mean(*p["ap"].get(loss, (math.nan, math.nan, 0))) for loss in scored]
+        row += [difference(p["delta"].get(loss, (math.nan, math.nan, 0))) for loss in compared]
+        row.append(", ".join(percent(p["share"].get(loss)) for loss in scored))
+        row += [p["outcome"].get(loss, "-") for loss in outcomes]
+        lines.append("| " + " | ".join(row) + " |")
     return lines + [
         "",
         "background's share: the median over training of the background anchors' part of the "
@@ -267,19 +272,24 @@ def sweep_table(name, results, seeds=None) -> List[str]:
 
 
 def plot_sweep(name, results, path, seeds=None):
-    """AP(FL) - AP(balanced CE) against R (log axis), error bars from the seeds' spread."""
+    """AP(loss) - AP(balanced CE) against R (log axis) for each compared loss, error bars from
+    the seeds' spread."""
     plt = _pyplot()
-    points = [p for p in sweep_points(name, results, seeds) if p["delta"][0] == p["delta"][0] and p["R"] == p["R"]]
+    points = [p for p in sweep_points(name, results, seeds) if p["R"] == p["R"]]
     fig, ax = plt.subplots(figsize=(6, 4))
-    if points:
-        ax.errorbar([p["R"] for p in points], [p["delta"][0] for p in points], yerr=[p["delta"][1] for p in points],
-                    fmt="o-", capsize=3, label="measured here")
-        for p in points:
-            ax.annotate(p["dataset"].replace("retina_", ""), (p["R"], p["delta"][0]), fontsize=6,
-                        textcoords="offset points", xytext=(4, 4))
+    compared = [loss for loss in sweep_losses(name) if loss not in (REFERENCE_LOSS, OUTCOME_ONLY)]
+    for i, loss in enumerate(compared):
+        pts = [p for p in points if p["delta"].get(loss, (math.nan,))[0] == p["delta"].get(loss, (math.nan,))[0]]
+        if pts:
+            ax.errorbar([p["R"] for p in pts], [p["delta"][loss][0] for p in pts],
+                        yerr=[p["delta"][loss][1] for p in pts], fmt="o-", color=f"C{i}", capsize=3,
+                        label=f"AP({loss}) - AP({REFERENCE_LOSS})")
+    for p in points:
+        ax.annotate(p["dataset"].replace("retina_", ""), (p["R"], 0), fontsize=6,
+                    textcoords="offset points", xytext=(2, -10))
     ax.axhline(0, color="gray", lw=0.8)
     ax.set_xscale("log")
     _save(fig, ax, path, GRIDS[name].title, "R: negative (anchor, class) pairs per positive pair",
-          "AP(FL 0.25, 2) - AP(balanced CE 0.75)")
+          f"AP difference to {REFERENCE_LOSS} (measured here)")
     plt.close(fig)
     return path

@@ -18,45 +18,10 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence
 
 from .grids import GRIDS, METRICS, Cell
-
-
-@dataclass
-class Result:
-    status: str  # "ok", "diverged" or "failed"
-    metrics: Dict[str, float] = field(default_factory=dict)
-    iteration: Optional[int] = None  # where a diverged run stopped
-    log: str = ""
-    note: str = ""
-    # [(iteration, AP)] of the periodic evaluations, the last one included.
-    curve: List[Tuple[int, float]] = field(default_factory=list)
-    # The median over iterations of R (negative pairs per positive pair) training logged.
-    neg_pairs_per_pos: Optional[float] = None
-    seconds: Optional[float] = None  # wall time of the run that finished the cell
-    reused_from: Optional[str] = None  # the finished run of the same config this one is
-    # The median over iterations of the background anchors' share of the classification loss
-    # (cls_loss_background_share): whether the many easy negatives dominate the loss, the
-    # paper's case against CE.
-    background_share: Optional[float] = None
-
-    def __post_init__(self):
-        self.curve = [tuple(point) for point in self.curve]
-        values = [self.metrics.get(m, float("nan")) for m in METRICS]
-        if self.status == "ok" and all(v != v for v in values):
-            # COCOEvaluator reports NaN for everything when a model detects nothing; against
-            # ground truth that is an AP of 0 (the paper's 0.0 for CE at alpha 0.1).
-            self.metrics = {m: (float("nan") if m == "APl" else 0.0) for m in METRICS}
-            self.note = "no detections"
-
-    def describe(self) -> str:
-        if self.status == "diverged":
-            return f"diverged at iteration {self.iteration}"
-        if self.status == "failed":
-            return f"failed (see {self.log})"
-        return "ok"
+from .result import Result, format_ap
 
 
 DIVERGED = re.compile(r"Loss became infinite or NaN at iteration=(\d+)")
@@ -337,8 +302,6 @@ def run_grids(names, out_dir, base_args, extra_opts=(), jobs=1, log=print, dry=F
         progress.finished(cell, result, trained)
         seed = dict(cell.overrides).get("SEED")
         name = cell.label + (f" (seed {seed})" if seed is not None else "")
-        from .report import format_ap
-
         log(f"{name}: {result.describe()} {format_ap(result)}; {progress.line()}")
         return cell.key, result
 
