@@ -36,6 +36,7 @@ from retina_plugin.data import CheckedDatasetMapper, DatasetError, register_coco
 from retina_plugin.config import changed_keys
 from retina_plugin.data.custom import check_datasets_present, explained_empty_training_set
 from retina_plugin.output_lock import OutputDirInUseError, OutputDirNotWritableError, lock_output_dir
+from retina_plugin.preemption import PREEMPTED_EXIT_CODE, Preempted, PreemptionCheckpointer
 from retina_plugin.pretrain import require_pretrained
 from retina_plugin.evaluation import EngineCOCOEvaluator
 from retina_plugin.lazy import build_lazy_model, evaluate_lazy, load_lazy_config, train_lazy
@@ -66,7 +67,8 @@ class Trainer(DefaultTrainer):
         if isinstance(old.model, retina_plugin.FocalRetinaNet):
             # Saved with the weights, the optimizer and the scheduler: --resume continues it.
             self.checkpointer.checkpointables["loss_normalizer"] = old.model.normalizer_checkpointable()
-        return super().build_hooks()
+        # Last, after the writers: a preempted run's metrics are flushed by their after_train.
+        return super().build_hooks() + [PreemptionCheckpointer(self.checkpointer)]
 
     def train(self):
         try:
@@ -238,6 +240,13 @@ def report_outputs(cfg, trained):
 
 
 def main(args):
+    try:
+        return train_or_evaluate(args)
+    except Preempted:  # saved and logged by PreemptionCheckpointer
+        sys.exit(PREEMPTED_EXIT_CODE)
+
+
+def train_or_evaluate(args):
     if args.start_over:
         args.resume = False
     if args.config_file.endswith(".py"):
@@ -319,3 +328,8 @@ if __name__ == "__main__":
     except USER_ERRORS as e:
         print(f"\ntrain_net.py: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except torch.multiprocessing.ProcessExitedException as e:
+        # A process of --num-gpus N was preempted (it saved and said so): exit as it did.
+        if e.exit_code != PREEMPTED_EXIT_CODE:
+            raise
+        sys.exit(PREEMPTED_EXIT_CODE)

@@ -25,6 +25,7 @@ from .checkpoint import SafeDetectionCheckpointer
 from .config import ConfigValueError
 from .data.custom import explained_empty_training_set
 from .losses import ClassificationLoss
+from .preemption import PreemptionCheckpointer
 
 logger = logging.getLogger("retina_plugin")
 
@@ -171,6 +172,7 @@ def train_lazy(cfg, resume, create_ddp_model):
             hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
             if main
             else None,
+            PreemptionCheckpointer(checkpointer),
         ]
     )
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)

@@ -2,6 +2,10 @@
 run ends: weights, optimizer and scheduler (detectron2's), and the loss normaliser (ours)."""
 import importlib.util
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -9,6 +13,7 @@ import torch
 from detectron2.engine import HookBase
 
 from retina_plugin.data import make_categories, register_coco_dataset, write_synthetic_coco
+from retina_plugin.preemption import PREEMPTED_EXIT_CODE, Preempted, PreemptionCheckpointer
 
 from helpers import REPO
 
@@ -59,14 +64,27 @@ def one_image_args(train_net, out, *extra):
     )
 
 
+SCHEDULE = (
+    "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "3",
+    "SOLVER.WARMUP_ITERS", "2", "SOLVER.STEPS", "(4,)", "INPUT.RANDOM_FLIP", "none",
+    "MODEL.RETINANET.LOSS_NORMALIZER_MOMENTUM", "0.5",
+)
+
+
+class RecordLosses(HookBase):
+    """Keeps each iteration's total loss in trainer.losses."""
+
+    def before_train(self):
+        self.trainer.losses = {}
+
+    def after_step(self):
+        self.trainer.losses[self.trainer.iter] = self.trainer.storage.history("total_loss").latest()
+
+
 def train(train_net, out, resume=False, crash_after=None):
-    args = one_image_args(
-        train_net, out, *(["--resume"] if resume else []),
-        "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "3",
-        "SOLVER.WARMUP_ITERS", "2", "SOLVER.STEPS", "(4,)", "INPUT.RANDOM_FLIP", "none",
-        "MODEL.RETINANET.LOSS_NORMALIZER_MOMENTUM", "0.5",
-    )
+    args = one_image_args(train_net, out, *(["--resume"] if resume else []), *SCHEDULE)
     trainer = train_net.Trainer(train_net.setup(args))
+    trainer.register_hooks([RecordLosses()])
     if crash_after is not None:
         trainer.register_hooks([CrashAfter(crash_after)])
     trainer.resume_or_load(resume=args.resume)
@@ -111,3 +129,84 @@ def test_a_diverging_run_stops_with_the_causes_and_keeps_its_checkpoint(one_imag
     # The checkpoint loads, and its weights are finite.
     state = torch.load(last, map_location="cpu", weights_only=False)["model"]
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+class SignalAfter(HookBase):
+    """Sends this process `signum` after iteration `iteration`, as a cluster preempting the job."""
+
+    def __init__(self, iteration, signum=signal.SIGTERM):
+        self.iteration, self.signum = iteration, signum
+
+    def after_step(self):
+        if self.trainer.iter == self.iteration:
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_preempted_run_saves_where_it_stopped_and_resumes_exactly(one_image_dataset, tmp_path, signum):
+    train_net = load_train_net()
+    straight = train(train_net, tmp_path / "straight")
+
+    out = tmp_path / "preempted"
+    args = one_image_args(train_net, out, *SCHEDULE)
+    trainer = train_net.Trainer(train_net.setup(args))
+    trainer.register_hooks([RecordLosses(), SignalAfter(0, signum)])
+    saves = []
+    real_save = trainer.checkpointer.save
+
+    def save_while_signalled_again(name, **kwargs):
+        saves.append(name)
+        os.kill(os.getpid(), signal.SIGTERM)  # a second signal while saving changes nothing
+        return real_save(name, **kwargs)
+
+    trainer.checkpointer.save = save_while_signalled_again
+    trainer.resume_or_load(resume=False)
+    with pytest.raises(Preempted) as stopped:
+        trainer.train()
+    # The hook that sent the signal runs after the preemption hook: it stops after the next iteration.
+    assert stopped.value.iteration == 1 and saves == ["model_0000001"]
+    message = str(stopped.value)
+    assert f"Received {signal.Signals(signum).name}: stopped after iteration 1 and saved {out / 'model_0000001.pth'}" in message
+    assert "Continue with: " in message and "--resume" in message
+    assert (out / "last_checkpoint").read_text() == "model_0000001.pth"
+    assert torch.load(out / "model_0000001.pth", weights_only=False)["iteration"] == 1
+    # The signal handlers are given back when training stops.
+    preemption = next(h for h in trainer._hooks if isinstance(h, PreemptionCheckpointer))
+    assert signal.getsignal(signal.SIGTERM) != preemption._on_signal
+
+    assert trainer.losses == pytest.approx({0: straight.losses[0]})
+    resumed = train(train_net, out, resume=True)
+    assert resumed.start_iter == 2
+    # The next iterations' losses are the uninterrupted run's.
+    assert resumed.losses == pytest.approx({i: straight.losses[i] for i in range(2, 6)})
+    for key, value in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, msg=key)
+
+
+def test_train_net_exits_with_the_preemption_status_and_resumes(one_image_dataset, tmp_path):
+    data = tmp_path / "data"
+    categories = [{"id": c["id"], "name": c["name"]} for c in make_categories(3)]
+    write_synthetic_coco(data / "images", data / "train.json", categories, 4, image_size=(64, 64),
+                         objects=(2, 4), distractors=(0, 1), sizes=(12, 30), empty_prob=0.0, seed=0)
+    out = tmp_path / "run"
+    command = [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file",
+               os.path.join(REPO, "configs", "quickstart.yaml"), "--dataset", "pre_train", str(data / "train.json"),
+               str(data / "images"), "DATASETS.TRAIN", '("pre_train",)', "DATASETS.TEST", "()", "SEED", "0",
+               "SOLVER.IMS_PER_BATCH", "2", "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
+               "SOLVER.MAX_ITER", "100000", "OUTPUT_DIR", str(out)]
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (out / "metrics.json").exists():
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == PREEMPTED_EXIT_CODE, log[-3000:]
+    saved = (out / "last_checkpoint").read_text()
+    iteration = torch.load(out / saved, weights_only=False)["iteration"]
+    assert f"Received SIGTERM: stopped after iteration {iteration} and saved {out / saved}" in log
+    assert "Traceback" not in log
+    resumed = subprocess.run([*command[:2], "--resume", *command[2:-4], "SOLVER.MAX_ITER", str(iteration + 3),
+                              "OUTPUT_DIR", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Starting training from iteration {iteration + 1}" in resumed.stdout + resumed.stderr
