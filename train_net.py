@@ -25,16 +25,17 @@ import torch
 import detectron2.engine.defaults
 import detectron2.utils.comm as comm
 from detectron2.config import get_cfg
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import build_detection_test_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.modeling import build_model
 from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
 
-from retina_plugin.checkpoint import CheckpointError, SafeDetectionCheckpointer, resume_mismatch
+from retina_plugin.checkpoint import CheckpointError, RandomStates, SafeDetectionCheckpointer, resume_mismatch
 from retina_plugin.data import CheckedDatasetMapper, DatasetError, register_coco_dataset
 from retina_plugin.config import changed_keys
 from retina_plugin.data.custom import check_datasets_present, explained_empty_training_set
+from retina_plugin.data.sampler import build_resumable_train_loader
 from retina_plugin.output_lock import OutputDirInUseError, OutputDirNotWritableError, lock_output_dir
 from retina_plugin.preemption import PREEMPTED_EXIT_CODE, Preempted, PreemptionCheckpointer
 from retina_plugin.pretrain import require_pretrained
@@ -67,6 +68,8 @@ class Trainer(DefaultTrainer):
         if isinstance(old.model, retina_plugin.FocalRetinaNet):
             # Saved with the weights, the optimizer and the scheduler: --resume continues it.
             self.checkpointer.checkpointables["loss_normalizer"] = old.model.normalizer_checkpointable()
+        # And the random states the augmentation draws from: a resumed run draws what it would have.
+        self.checkpointer.checkpointables["random_states"] = RandomStates()
         # Last, after the writers: a preempted run's metrics are flushed by their after_train.
         return super().build_hooks() + [PreemptionCheckpointer(self.checkpointer)]
 
@@ -90,10 +93,16 @@ class Trainer(DefaultTrainer):
                 f"Fix the cause, then continue from it with --resume."
             ) from e
 
+    def resume_or_load(self, resume=True):
+        super().resume_or_load(resume=resume)
+        sampler = getattr(self._trainer.data_loader, "resumable_sampler", None)
+        if sampler is not None:  # the batches an uninterrupted run would train on next
+            sampler.start = self.start_iter * self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
+
     @classmethod
     def build_train_loader(cls, cfg):
         with explained_empty_training_set(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS):
-            return build_detection_train_loader(cfg, mapper=CheckedDatasetMapper(cfg, is_train=True))
+            return build_resumable_train_loader(cfg, CheckedDatasetMapper(cfg, is_train=True))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

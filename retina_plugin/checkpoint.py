@@ -11,8 +11,10 @@ missing. It also writes atomically: an interrupted save never replaces a good ch
 import io
 import os
 import pickle
+import random
 from typing import Optional
 
+import numpy as np
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
@@ -157,6 +159,36 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
                 f"Checkpoint {path} does not fit this model: {'; '.join(problems)}. Use the "
                 f"config it was trained with (backbone depth, NUM_CLASSES, anchors, head)."
             )
+
+
+class RandomStates:
+    """
+    Python's, NumPy's and torch's global random states as a checkpointable, so that a resumed
+    run draws the augmentation (detectron2's transforms use NumPy's) of an uninterrupted one.
+    Stored as tensors and plain numbers: torch.load's weights-only mode reads them. One
+    process's states: with several, the other processes take the main one's.
+    """
+
+    def state_dict(self):
+        version, python_state, gauss = random.getstate()
+        kind, keys, position, has_gauss, cached = np.random.get_state()
+        state = {
+            "python": [version, torch.tensor(python_state, dtype=torch.int64), gauss],
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state):
+        version, python_state, gauss = state["python"]
+        random.setstate((version, tuple(python_state.tolist()), gauss))
+        kind, keys, position, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def resume_mismatch(model, save_dir) -> Optional[str]:

@@ -52,13 +52,27 @@ def one_image_dataset(tmp_path_factory):
     return "resume_one_image"
 
 
-def one_image_args(train_net, out, *extra):
-    """train_net arguments: the quickstart model on the one-image data set, batch 1."""
+@pytest.fixture(scope="module")
+def six_images_dataset(tmp_path_factory):
+    # Six images in batches of 2 with random flips: a resumed run trains on the batches and
+    # flips of an uninterrupted one only if it continues the sampler's stream and the random state.
+    root = tmp_path_factory.mktemp("six")
+    categories = [{"id": c["id"], "name": c["name"]} for c in make_categories(6)]
+    write_synthetic_coco(
+        root / "images", root / "a.json", categories, 6, image_size=(96, 96),
+        objects=(3, 6), distractors=(1, 2), sizes=(12, 40), empty_prob=0.0, seed=0,
+    )
+    register_coco_dataset("resume_six_images", str(root / "a.json"), str(root / "images"))
+    return "resume_six_images"
+
+
+def one_image_args(train_net, out, *extra, dataset="resume_one_image", batch=1):
+    """train_net arguments: the quickstart model on `dataset` (default the one-image set), batch 1."""
     return train_net.argument_parser().parse_args(
         [
             "--config-file", os.path.join(REPO, "configs", "quickstart.yaml"), *extra,
-            "SEED", "0", "OUTPUT_DIR", str(out), "SOLVER.IMS_PER_BATCH", "1",
-            "DATASETS.TRAIN", '("resume_one_image",)', "DATASETS.TEST", "()",
+            "SEED", "0", "OUTPUT_DIR", str(out), "SOLVER.IMS_PER_BATCH", str(batch),
+            "DATASETS.TRAIN", f'("{dataset}",)', "DATASETS.TEST", "()",
             "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "96",
         ]
     )
@@ -81,8 +95,13 @@ class RecordLosses(HookBase):
         self.trainer.losses[self.trainer.iter] = self.trainer.storage.history("total_loss").latest()
 
 
-def train(train_net, out, resume=False, crash_after=None):
-    args = one_image_args(train_net, out, *(["--resume"] if resume else []), *SCHEDULE)
+# Six images, batches of 2, random flips: resuming must continue the data and the random state.
+SHUFFLED = dict(dataset="resume_six_images", batch=2, flip=True)
+
+
+def train(train_net, out, resume=False, crash_after=None, dataset="resume_one_image", batch=1, flip=False):
+    flips = ("INPUT.RANDOM_FLIP", "horizontal") if flip else ()
+    args = one_image_args(train_net, out, *(["--resume"] if resume else []), *SCHEDULE, *flips, dataset=dataset, batch=batch)
     trainer = train_net.Trainer(train_net.setup(args))
     trainer.register_hooks([RecordLosses()])
     if crash_after is not None:
@@ -95,16 +114,18 @@ def train(train_net, out, resume=False, crash_after=None):
     return trainer
 
 
-def test_resumed_run_ends_where_an_uninterrupted_run_ends(one_image_dataset, tmp_path):
+def test_resumed_run_ends_where_an_uninterrupted_run_ends_on_shuffled_flipped_batches(six_images_dataset, tmp_path):
     train_net = load_train_net()
-    straight = train(train_net, tmp_path / "straight")
+    straight = train(train_net, tmp_path / "straight", **SHUFFLED)
 
     interrupted = tmp_path / "interrupted"
-    train(train_net, interrupted, crash_after=4)
+    train(train_net, interrupted, crash_after=4, **SHUFFLED)
     assert (interrupted / "model_0000002.pth").is_file()
     assert not (interrupted / "model_final.pth").exists()
-    resumed = train(train_net, interrupted, resume=True)
+    resumed = train(train_net, interrupted, resume=True, **SHUFFLED)
     assert resumed.start_iter == 3
+    # The same batches and flips as the uninterrupted run: the same losses.
+    assert resumed.losses == pytest.approx({i: straight.losses[i] for i in range(3, 6)})
 
     assert resumed.model.loss_normalizer_ema == pytest.approx(straight.model.loss_normalizer_ema)
     for key, value in straight.model.state_dict().items():
@@ -143,12 +164,12 @@ class SignalAfter(HookBase):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
-def test_a_preempted_run_saves_where_it_stopped_and_resumes_exactly(one_image_dataset, tmp_path, signum):
+def test_a_preempted_run_saves_where_it_stopped_and_resumes_exactly(six_images_dataset, tmp_path, signum):
     train_net = load_train_net()
-    straight = train(train_net, tmp_path / "straight")
+    straight = train(train_net, tmp_path / "straight", **SHUFFLED)
 
     out = tmp_path / "preempted"
-    args = one_image_args(train_net, out, *SCHEDULE)
+    args = one_image_args(train_net, out, *SCHEDULE, "INPUT.RANDOM_FLIP", "horizontal", dataset=six_images_dataset, batch=2)
     trainer = train_net.Trainer(train_net.setup(args))
     trainer.register_hooks([RecordLosses(), SignalAfter(0, signum)])
     saves = []
@@ -175,7 +196,7 @@ def test_a_preempted_run_saves_where_it_stopped_and_resumes_exactly(one_image_da
     assert signal.getsignal(signal.SIGTERM) != preemption._on_signal
 
     assert trainer.losses == pytest.approx({0: straight.losses[0]})
-    resumed = train(train_net, out, resume=True)
+    resumed = train(train_net, out, resume=True, **SHUFFLED)
     assert resumed.start_iter == 2
     # The next iterations' losses are the uninterrupted run's.
     assert resumed.losses == pytest.approx({i: straight.losses[i] for i in range(2, 6)})
