@@ -24,6 +24,8 @@ INSTALL_REQUIRES = [
 EXTRAS_REQUIRE = {
     # tools/export_model.py --format onnx: torch.onnx's exporter and onnxruntime to check it.
     "export": ["onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20"],
+    # tools/run_ablations.py --executor slurm.
+    "slurm": ["submitit>=1.5"],
     "dev": ["pytest>=7"],
 }
 

@@ -45,12 +45,16 @@ def resume_command(argv=None):
     return " ".join(shlex.quote(a) for a in [sys.executable, *argv])
 
 
-def requeue_slurm_job():
-    """Requeue this SLURM job (rank 0 only): a message saying what SLURM did, or None outside SLURM."""
+def requeue_slurm_job(by_submitit_job=False):
+    """Requeue this SLURM job (rank 0 only): a message saying what SLURM did, or None outside
+    SLURM. In a job that submitit runs (an ablation cell), submitit's job requeues, not
+    train_net.py: `by_submitit_job` is that job asking."""
     job = os.environ.get("SLURM_ARRAY_JOB_ID") and f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
     job = job or os.environ.get("SLURM_JOB_ID")
     if not job or not comm.is_main_process():
         return None
+    if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and not by_submitit_job:
+        return f"SLURM job {job} runs an ablation cell: its runner's job requeues it"
     try:
         done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as e:

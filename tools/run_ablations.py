@@ -16,14 +16,26 @@ stopped; a progress line every minute names the runs in progress and an ETA. A c
 Writes results.md, results.csv and, for table1a and table1b, AP plots beside the paper's numbers.
 Trailing KEY VALUE pairs (the schedule, a data set) go to every cell; --dataset and
 --extra-config are passed through to train_net.py.
+
+On a SLURM cluster, --executor slurm submits one job per run (retina_plugin/ablations/slurm.py):
+
+    python tools/run_ablations.py --grid headline --seeds 3 --config-file configs/sparse.yaml \
+        --output-dir docs/ablations/headline --executor slurm --partition cpu --time 60 \
+        --cpus-per-task 2 --mem 8 --slurm-option account=myproject
+
+A preempted or timed-out job is requeued and its run resumes from its checkpoint; rerunning the
+same command follows the jobs already queued or running instead of submitting them again.
 """
 import argparse
+import functools
 import os
+import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from retina_plugin.ablations import GRIDS, run_grids, write_reports  # noqa: E402
 from retina_plugin.ablations.runner import resolved_config  # noqa: E402
+from retina_plugin.ablations.slurm import SlurmOptions, run_on_slurm  # noqa: E402
 
 
 def main(argv=None):
@@ -45,12 +57,36 @@ def main(argv=None):
                         "equals one of its finished runs takes that result (repeatable)")
     parser.add_argument("--report-only", action="store_true",
                         help="write the reports from the finished cells, train nothing")
+    slurm = parser.add_argument_group("SLURM (--executor slurm): one job per run, through submitit")
+    slurm.add_argument("--executor", choices=("local", "slurm"), default="local",
+                       help="local: a process pool on this machine (--jobs); slurm: one SLURM job per run")
+    slurm.add_argument("--partition", default=None, help="the partition to submit to (default: the cluster's)")
+    slurm.add_argument("--time", type=int, default=60, metavar="MINUTES",
+                       help="each job's time limit; a run that reaches it is requeued and resumes")
+    slurm.add_argument("--cpus-per-task", type=int, default=1, help="CPUs per job (train_net.py's threads)")
+    slurm.add_argument("--gpus-per-task", type=int, default=0, help="GPUs per job")
+    slurm.add_argument("--mem", type=float, default=None, metavar="GB", help="memory per job")
+    slurm.add_argument("--signal-delay", type=int, default=90, metavar="SECONDS",
+                       help="how long before the time limit SLURM signals the job to save")
+    slurm.add_argument("--slurm-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="another sbatch option, e.g. account=myproject or qos=low (repeatable)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: use 1 or more")
     if args.seeds is not None and args.seeds < 1:
         parser.error(f"--seeds {args.seeds}: use 1 or more")
+    extra = {}
+    for option in args.slurm_option:
+        key, sep, value = option.partition("=")
+        if not sep or not key:
+            parser.error(f"--slurm-option {option!r}: write KEY=VALUE, an sbatch option without its dashes")
+        extra[key.lstrip("-").replace("-", "_")] = value
+    for name in ("time", "cpus_per_task", "signal_delay"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: use 1 or more")
+    if args.executor == "slurm" and not args.report_only and shutil.which("sbatch") is None:
+        parser.error("--executor slurm: there is no sbatch here; submit from a machine of the SLURM cluster")
     if len(args.opts) % 2:
         parser.error(f"config overrides come in KEY VALUE pairs, got {args.opts}")
     if not os.path.isfile(args.config_file):
@@ -69,10 +105,18 @@ def main(argv=None):
     def config_of(cell):  # the config train_net.py resolves for this cell
         return resolved_config(args.config_file, args.extra_config, [*args.opts, *cell.opts()])
 
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    execute = None
+    if args.executor == "slurm":
+        options = SlurmOptions(args.partition, args.time, args.cpus_per_task, args.gpus_per_task, args.mem,
+                               args.signal_delay, extra)
+        execute = functools.partial(run_on_slurm, out_dir=args.output_dir, base_args=base_args,
+                                    extra_opts=args.opts, options=options, log=log,
+                                    max_iter=opts.get("SOLVER.MAX_ITER"))
     results = run_grids(
         names, args.output_dir, base_args, args.opts, jobs=args.jobs, dry=args.report_only,
         seeds=args.seeds, max_iter=opts.get("SOLVER.MAX_ITER"),
-        log=lambda line: print(line, flush=True), reuse_from=args.reuse_from, config_of=config_of,
+        log=log, reuse_from=args.reuse_from, config_of=config_of, execute=execute,
     )
     command = " ".join(["python", "tools/run_ablations.py", *sys.argv[1:]] if argv is None else argv)
     verb = "Reported from the finished cells by" if args.report_only else "Measured with"

@@ -80,8 +80,10 @@ def cell_dir(cell: Cell, out_dir) -> str:
     return os.path.join(out_dir, "cells", cell.key)
 
 
-def run_cell(cell: Cell, out_dir, base_args: List[str], extra_opts: List[str], threads=None):
-    """Train and evaluate one cell with train_net.py (unless done before); return its Result."""
+def run_cell(cell: Cell, out_dir, base_args: List[str], extra_opts: List[str], threads=None, launch=None):
+    """Train and evaluate one cell with train_net.py (unless done before); return its Result.
+    `launch(command, log file, env)` runs train_net.py and returns its exit status
+    (default: subprocess.call; the SLURM executor's keeps the process to signal it)."""
     done = finished_result(cell, out_dir)
     if done is not None:
         return done
@@ -99,7 +101,10 @@ def run_cell(cell: Cell, out_dir, base_args: List[str], extra_opts: List[str], t
     with open(log_file, "w") as log:
         log.write(" ".join(cmd) + "\n")
         log.flush()
-        returncode = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        if launch is None:
+            returncode = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        else:
+            returncode = launch(cmd, log, env)
     with open(log_file) as f:
         text = f.read()
     diverged = DIVERGED.search(text)
@@ -260,13 +265,15 @@ class Progress:
 
 def run_grids(names, out_dir, base_args, extra_opts=(), jobs=1, log=print, dry=False, seeds=None,
               progress_every=60.0, max_iter=None, reuse_from: Sequence[str] = (),
-              config_of: Optional[Callable[[Cell], object]] = None):
+              config_of: Optional[Callable[[Cell], object]] = None,
+              execute: Optional[Callable[[Dict[str, Cell]], Dict[str, Result]]] = None):
     """
     Run every run of the named grids (each distinct cell and seed once, finished ones not
     again); return {run key: Result}. With `dry`, only collect the finished runs' results.
     `seeds`: each cell runs with SEED 0 .. seeds - 1 (None: once, with the config's SEED).
     `reuse_from`: other output directories whose finished runs are taken for a run with the
-    same resolved config (`config_of(cell)`) instead of training it again.
+    same resolved config (`config_of(cell)`) instead of training it again. `execute(runs)`
+    trains the runs elsewhere (slurm.run_on_slurm) instead of in this machine's process pool.
     """
     runs = grid_runs(names, seeds)
     others = [d for d in reuse_from if os.path.abspath(d) != os.path.abspath(out_dir)]
@@ -287,6 +294,8 @@ def run_grids(names, out_dir, base_args, extra_opts=(), jobs=1, log=print, dry=F
     if dry:
         found = {key: finished_result(cell, out_dir) for key, cell in runs.items()}
         return {key: result for key, result in found.items() if result is not None}
+    if execute is not None:
+        return execute(runs)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     progress = Progress(runs, out_dir, jobs, max_iter, log)
     stop = threading.Event()
