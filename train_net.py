@@ -16,6 +16,7 @@ Trailing KEY VALUE pairs override a yaml config, as in every detectron2 tool; a 
 """
 import logging
 import os
+import subprocess
 import sys
 
 import retina_plugin  # first: it quiets dependencies' deprecation notices (see its __init__)
@@ -304,6 +305,12 @@ def argument_parser():
         "from the config's initial weights instead of refusing (its checkpoints are replaced)",
     )
     parser.add_argument(
+        "--slurm",
+        action="store_true",
+        help="under srun, one task per machine: take --num-machines, --machine-rank and the "
+        "rendezvous address (--dist-url) from SLURM's environment",
+    )
+    parser.add_argument(
         "--dataset",
         nargs=3,
         action="append",
@@ -322,10 +329,51 @@ USER_ERRORS = (
 )
 
 
+def apply_slurm_environment(args, environ=os.environ):
+    """
+    --slurm: set args.num_machines, machine_rank and dist_url from SLURM's environment, one task
+    per machine (each task launches --num-gpus processes). Raises ConfigValueError naming what
+    is inconsistent: not under srun, a --num-machines or --machine-rank that SLURM contradicts,
+    several tasks per node with CUDA (each would take all the node's GPUs).
+    """
+    needed = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_JOB_NODELIST", "SLURM_JOB_ID")
+    missing = [name for name in needed if name not in environ]
+    if missing:
+        raise retina_plugin.ConfigValueError(
+            f"--slurm: {', '.join(missing)} not set, so this is not a task of srun. Run it as "
+            f"`srun --nodes N --ntasks-per-node 1 python train_net.py --slurm ...`, or drop --slurm."
+        )
+    tasks, rank = int(environ["SLURM_NTASKS"]), int(environ["SLURM_PROCID"])
+    problems = []
+    if args.num_machines not in (1, tasks):
+        problems.append(f"--num-machines {args.num_machines}, but SLURM runs {tasks} tasks (one per machine)")
+    if args.machine_rank not in (0, rank):
+        problems.append(f"--machine-rank {args.machine_rank}, but this is SLURM task {rank}")
+    per_node = int(environ.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0].split(",")[0] or 1)
+    if per_node > 1 and torch.cuda.is_available():
+        problems.append(f"{per_node} tasks per node with CUDA: each task launches --num-gpus processes on "
+                        f"all of its node's GPUs; use --ntasks-per-node 1")
+    if problems:
+        raise retina_plugin.ConfigValueError("--slurm: " + "; ".join(problems) + ".")
+    args.num_machines, args.machine_rank = tasks, rank
+    if args.dist_url == argument_parser().get_default("dist_url"):  # not set by hand: the first node's
+        nodes = subprocess.run(["scontrol", "show", "hostnames", environ["SLURM_JOB_NODELIST"]],
+                               capture_output=True, text=True).stdout.split()
+        if not nodes:
+            raise retina_plugin.ConfigValueError(
+                f"--slurm: scontrol could not expand SLURM_JOB_NODELIST {environ['SLURM_JOB_NODELIST']!r}: "
+                f"pass the rendezvous address with --dist-url tcp://HOST:PORT."
+            )
+        args.dist_url = f"tcp://{nodes[0]}:{20000 + int(environ['SLURM_JOB_ID']) % 20000}"
+    return args
+
+
 if __name__ == "__main__":
     args = argument_parser().parse_args()
     print("Command Line Args:", args)
     try:
+        if args.slurm:
+            apply_slurm_environment(args)
         launch(
             main,
             args.num_gpus,

@@ -228,3 +228,23 @@ def test_resume_whose_last_checkpoint_is_gone_names_it_and_the_choices(tmp_path)
     message = str(error.value)
     assert f"--resume: {out / 'last_checkpoint'} names {out / 'model_0000099.pth'}, which does not exist" in message
     assert "Restore that file" in message and "--start-over" in message and "MODEL.WEIGHTS" not in message.split("--start-over")[0]
+
+
+def test_slurm_launch_takes_the_machines_from_srun_and_names_what_is_inconsistent():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_net_for_slurm", os.path.join(REPO, "train_net.py"))
+    train_net = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_net)
+    from retina_plugin import ConfigValueError
+
+    args = train_net.argument_parser().parse_args(["--slurm", "--dist-url", "tcp://node1:1234"])
+    with pytest.raises(ConfigValueError, match="SLURM_PROCID, SLURM_NTASKS, SLURM_JOB_NODELIST, SLURM_JOB_ID not set"):
+        train_net.apply_slurm_environment(args, environ={})
+    srun = {"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_JOB_ID": "7"}
+    train_net.apply_slurm_environment(args, environ=srun)
+    assert (args.num_machines, args.machine_rank, args.dist_url) == (2, 1, "tcp://node1:1234")
+    wrong = train_net.argument_parser().parse_args(["--slurm", "--num-machines", "3", "--machine-rank", "0"])
+    with pytest.raises(ConfigValueError) as error:
+        train_net.apply_slurm_environment(wrong, environ=srun)
+    assert "--num-machines 3, but SLURM runs 2 tasks" in str(error.value) and "--machine-rank 0" not in str(error.value)

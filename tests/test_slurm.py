@@ -6,6 +6,7 @@ import io
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 import unittest.mock
@@ -160,3 +161,17 @@ def test_a_run_at_its_time_limit_is_requeued_and_resumes(slurm, data, tmp_path):
     log = (directory / "log.txt").read_text()
     stopped = int(log.split("Received SIGTERM: stopped after iteration ")[1].split()[0])
     assert f"Starting training from iteration {stopped + 1}" in log
+
+
+def test_train_net_trains_over_two_srun_tasks(slurm, data, tmp_path):
+    out = tmp_path / "two_tasks"
+    command = ["srun", "--ntasks", "2", "--cpus-per-task", "1", sys.executable, os.path.join(REPO, "train_net.py"),
+               "--slurm", *train_args(data), *tiny_opts("SOLVER.MAX_ITER", "3"), "OUTPUT_DIR", str(out)]
+    done = subprocess.run(command, cwd=REPO, env=dict(slurm.env, PYTHONWARNINGS="ignore"), capture_output=True,
+                          text=True, timeout=600)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-3000:]
+    logs = "".join(path.read_text() for path in out.glob("log.txt*"))  # log.txt, log.txt.rank1
+    assert "Rank of current process: 0. World size: 2" in logs and "Rank of current process: 1. World size: 2" in logs
+    assert "machine_rank=1, dist_url='tcp://" in logs
+    assert (out / "model_final.pth").is_file()
