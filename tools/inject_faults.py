@@ -25,7 +25,8 @@ from faults.files import (
     fault_truncated_checkpoint, fault_yaml_python_tag,
 )
 from faults.runs import (
-    fault_disk_full, fault_interrupted_checkpoint_write, fault_kill_9, fault_nan_loss, fault_read_only_output_dir,
+    fault_disk_full, fault_interrupted_checkpoint_write, fault_kill_9, fault_nan_loss, fault_preemption,
+    fault_read_only_output_dir,
     fault_resume_missing_last_checkpoint, fault_resume_other_config, fault_two_cpu_processes,
     fault_two_runs_one_output_dir,
 )
@@ -34,6 +35,8 @@ from faults.runs import (
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep", help="a folder to keep the workspace in")
+    parser.add_argument("--only", action="append", default=[], metavar="TEXT",
+                        help="run only the faults whose name contains TEXT (repeatable)")
     args = parser.parse_args()
     root = args.keep or tempfile.mkdtemp(prefix="retina_faults_")
     data = make_data(os.path.join(root, "data"))
@@ -62,7 +65,10 @@ def main():
         ("a misspelt config key, on the command line and in a yaml", fault_misspelt_key, ()),
         ("an OUTPUT_DIR that cannot be written (read-only tmpfs)", fault_read_only_output_dir, ()),
         ("--resume whose last_checkpoint names a file that is gone", fault_resume_missing_last_checkpoint, ()),
+        ("preempted: SIGTERM during training (twice), then --resume", fault_preemption, ()),
     ]
+    if args.only:
+        faults = [f for f in faults if any(text in f[0] for text in args.only)]
     rows = []
     for name, run, extra in faults:
         work = os.path.join(root, name.split()[0].strip("-") + str(len(rows)))

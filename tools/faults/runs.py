@@ -154,3 +154,28 @@ def fault_resume_missing_last_checkpoint(work, data):
     os.rename(os.path.join(out, "moved.pth"), os.path.join(out, "model_final.pth"))
     handled = code != 0 and "last_checkpoint names" in log and "--start-over" in log and "Traceback" not in log
     return handled, last_line_with(log, "last_checkpoint names"), False
+
+
+def fault_preemption(work, data):
+    out = os.path.join(work, "out")
+    args = [*dataset_args(data), *TINY, "SOLVER.MAX_ITER", "100000", "DATASETS.TEST", "()", "OUTPUT_DIR", out]
+    command = [sys.executable, os.path.join(REPO, "train_net.py"),
+               "--config-file", os.path.join(REPO, "configs", "quickstart.yaml"), *args]
+    proc = subprocess.Popen(command, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not os.path.exists(os.path.join(out, "metrics.json")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # a second signal while it saves
+    log, _ = proc.communicate(timeout=300)
+    with open(os.path.join(out, "last_checkpoint")) as f:
+        saved = f.read().strip()
+    import torch
+
+    iteration = torch.load(os.path.join(out, saved), map_location="cpu", weights_only=False)["iteration"]
+    code, resumed = train_net(work, "--resume", *args[:-4], "SOLVER.MAX_ITER", str(iteration + 2), "OUTPUT_DIR", out)
+    handled = (proc.returncode == 75 and f"stopped after iteration {iteration}" in log
+               and f"Starting training from iteration {iteration + 1}" in resumed and code == 0)
+    what = f"exit {proc.returncode}; " + last_line_with(log, "Received SIGTERM")[:90] + f"...; --resume continued from iteration {iteration + 1}"
+    return handled, what, not handled
