@@ -38,32 +38,29 @@ class CrashAfter(HookBase):
             raise KeyboardInterrupt(f"interrupted after iteration {self.iteration}")
 
 
-@pytest.fixture(scope="module")
-def one_image_dataset(tmp_path_factory):
-    # One image, batch 1, no flip: every iteration sees the same batch, whatever the order of
-    # detectron2's sampler (which is not in its checkpoints).
-    root = tmp_path_factory.mktemp("one")
+def registered_shapes(tmp_path_factory, name, num_images, objects, distractors):
+    """A synthetic data set of `num_images` 96 px images, registered as `name`."""
+    root = tmp_path_factory.mktemp(name)
     categories = [{"id": c["id"], "name": c["name"]} for c in make_categories(6)]
     write_synthetic_coco(
-        root / "images", root / "a.json", categories, 1, image_size=(96, 96),
-        objects=(6, 6), distractors=(2, 2), sizes=(12, 40), empty_prob=0.0, seed=0,
+        root / "images", root / "a.json", categories, num_images, image_size=(96, 96),
+        objects=objects, distractors=distractors, sizes=(12, 40), empty_prob=0.0, seed=0,
     )
-    register_coco_dataset("resume_one_image", str(root / "a.json"), str(root / "images"))
-    return "resume_one_image"
+    register_coco_dataset(name, str(root / "a.json"), str(root / "images"))
+    return name
+
+
+@pytest.fixture(scope="module")
+def one_image_dataset(tmp_path_factory):
+    # One image, batch 1, no flip: every iteration sees the same batch.
+    return registered_shapes(tmp_path_factory, "resume_one_image", 1, (6, 6), (2, 2))
 
 
 @pytest.fixture(scope="module")
 def six_images_dataset(tmp_path_factory):
     # Six images in batches of 2 with random flips: a resumed run trains on the batches and
     # flips of an uninterrupted one only if it continues the sampler's stream and the random state.
-    root = tmp_path_factory.mktemp("six")
-    categories = [{"id": c["id"], "name": c["name"]} for c in make_categories(6)]
-    write_synthetic_coco(
-        root / "images", root / "a.json", categories, 6, image_size=(96, 96),
-        objects=(3, 6), distractors=(1, 2), sizes=(12, 40), empty_prob=0.0, seed=0,
-    )
-    register_coco_dataset("resume_six_images", str(root / "a.json"), str(root / "images"))
-    return "resume_six_images"
+    return registered_shapes(tmp_path_factory, "resume_six_images", 6, (3, 6), (1, 2))
 
 
 def one_image_args(train_net, out, *extra, dataset="resume_one_image", batch=1):
