@@ -232,6 +232,17 @@ GRIDS: Dict[str, Grid] = {
         "the iterations (the learning-rate steps scaled with them) gain less than 1.5 AP on "
         "average over the seeds.",
     ),
+    "lr": Grid(
+        "The learning rate: balanced CE and FL without clipping at 2x and 4x the paper's",
+        tuple(
+            with_overrides(clipping(cell, False), f"lr {lr:g}", ("SOLVER.BASE_LR", lr), lr=lr)
+            for lr in (0.02, 0.01)
+            for cell in HEADLINE_LOSSES[1:3]
+        ),
+        note="Run with configs/sparse.yaml (lr 0.005 at batch 8, the paper's per image): does a "
+        "larger learning rate reach the plateau sooner, and does it stay stable without "
+        "gradient clipping? The config's schedule; its own learning rate is the schedule grid's.",
+    ),
     "headline": Grid(
         "CE, balanced CE, FL and Sampling-Free, without and with gradient clipping",
         tuple(clipping(cell, enabled) for enabled in (False, True) for cell in HEADLINE_LOSSES),
