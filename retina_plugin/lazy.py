@@ -21,9 +21,10 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from omegaconf import DictConfig, ListConfig
 
-from .checkpoint import SafeDetectionCheckpointer
+from .checkpoint import RandomStates, SafeDetectionCheckpointer
 from .config import ConfigValueError
 from .data.custom import explained_empty_training_set
+from .data.sampler import instantiate_resumable_train_loader
 from .losses import ClassificationLoss
 from .preemption import PreemptionCheckpointer
 
@@ -155,10 +156,10 @@ def train_lazy(cfg, resume, create_ddp_model):
     optimizer = instantiate(cfg.optimizer)
     names = cfg.dataloader.train.dataset.get("names", ()) if "dataset" in cfg.dataloader.train else ()
     with explained_empty_training_set([names] if isinstance(names, str) else list(names)):
-        train_loader = instantiate(cfg.dataloader.train)
+        train_loader = instantiate_resumable_train_loader(cfg.dataloader.train)
     ddp_model = create_ddp_model(model, **cfg.train.ddp)
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(ddp_model, train_loader, optimizer)
-    checkpointables = {"trainer": trainer}
+    checkpointables = {"trainer": trainer, "random_states": RandomStates()}
     if hasattr(model, "normalizer_checkpointable"):
         checkpointables["loss_normalizer"] = model.normalizer_checkpointable()
     checkpointer = SafeDetectionCheckpointer(model, cfg.train.output_dir, **checkpointables)
@@ -177,4 +178,6 @@ def train_lazy(cfg, resume, create_ddp_model):
     )
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
     start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
+    if train_loader.resumable_sampler is not None:  # the batches an uninterrupted run would train on next
+        train_loader.resumable_sampler.start = start_iter * cfg.dataloader.train.total_batch_size // comm.get_world_size()
     trainer.train(start_iter, cfg.train.max_iter)

@@ -105,3 +105,26 @@ def test_train_net_trains_resumes_and_evaluates_a_lazy_config(tmp_path):
          f"train.output_dir={tmp_path / 'eval'}"], tmp_path,
     )
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in log and "Starting training" not in log
+
+
+def test_a_lazy_train_loader_continues_detectron2s_sampler_stream(tmp_path):
+    import itertools
+
+    from detectron2.data.samplers import TrainingSampler
+
+    from retina_plugin.data import register_coco_dataset
+    from retina_plugin.data.sampler import ResumableTrainingSampler, instantiate_resumable_train_loader
+
+    data = write_own_dataset(tmp_path / "data", num_categories=3)
+    register_coco_dataset("lazy_sampler_train", str(data / "train.json"), str(data / "train"))
+    cfg = load_lazy_config(os.path.join(LAZY, "quickstart.py"), ["dataloader.train.dataset.names=lazy_sampler_train",
+                                                                  "dataloader.train.total_batch_size=2"])
+    loader = instantiate_resumable_train_loader(cfg.dataloader.train)
+    sampler = loader.resumable_sampler
+    assert isinstance(sampler, ResumableTrainingSampler) and sampler._size == 3
+    plain = TrainingSampler(3, seed=sampler._seed)
+    sampler.start = 5
+    assert list(itertools.islice(iter(sampler), 7)) == list(itertools.islice(iter(plain), 5, 12))
+    # A config with a sampler of its own keeps it.
+    cfg.dataloader.train.sampler = TrainingSampler(3, seed=1)
+    assert instantiate_resumable_train_loader(cfg.dataloader.train).resumable_sampler is None

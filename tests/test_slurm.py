@@ -90,7 +90,7 @@ def test_a_grid_runs_through_slurm_to_its_report_and_a_rerun_submits_nothing(slu
             assert f"{cell.label}: submitted as SLURM job {job['job_id']}" in log
         assert "| CE |" in (out / "results.md").read_text() and "| FL |" in (out / "results.md").read_text()
         code, again = run_tool(args)
-    assert code == 0 and "submitted" not in again and "| FL |" in (out / "results.md").read_text()
+    assert code == 0 and "submitted as SLURM job" not in again and "| FL |" in (out / "results.md").read_text()
 
 
 def wait_for(condition, timeout, what):
@@ -175,3 +175,23 @@ def test_train_net_trains_over_two_srun_tasks(slurm, data, tmp_path):
     assert "Rank of current process: 0. World size: 2" in logs and "Rank of current process: 1. World size: 2" in logs
     assert "machine_rank=1, dist_url='tcp://" in logs
     assert (out / "model_final.pth").is_file()
+
+
+def test_a_rerun_after_the_submitting_shell_died_follows_the_jobs_instead_of_submitting(slurm, data, tmp_path):
+    out = tmp_path / "followed"
+    args = ["--grid", "init", *grid_args(data, out, "SOLVER.MAX_ITER", "40")]
+    first = subprocess.Popen([sys.executable, os.path.join(REPO, "tools", "run_ablations.py"), *args], cwd=REPO,
+                             env=dict(slurm.env, PYTHONWARNINGS="ignore"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cells = [cell for cell in GRIDS["init"].cells]
+    records = [out / "cells" / cell.key / "slurm_job.json" for cell in cells]
+    wait_for(lambda: all(r.exists() for r in records), 300, "both jobs submitted")
+    first.kill()  # the submitting shell dies; its jobs go on
+    first.wait()
+    jobs = [json.loads(r.read_text())["job_id"] for r in records]
+    code, log = run_tool(args)
+    assert code == 0, log
+    assert "submitted as SLURM job" not in log
+    for cell, job in zip(cells, jobs):
+        assert f"{cell.label}: following SLURM job {job}" in log
+        assert (out / "cells" / cell.key / "result.json").exists()
+    assert len(set(jobs)) == 2 and all(json.loads(r.read_text())["job_id"] in jobs for r in records)

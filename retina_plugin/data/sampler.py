@@ -40,3 +40,27 @@ def build_resumable_train_loader(cfg, mapper):
     loader = build_detection_train_loader(**arguments)
     loader.resumable_sampler = resumable
     return loader
+
+
+def instantiate_resumable_train_loader(loader_cfg):
+    """A LazyConfig's dataloader.train instantiated, its TrainingSampler made resumable as
+    build_resumable_train_loader's: where it calls detectron2's build_detection_train_loader
+    with a data set list and no sampler of its own. Otherwise instantiated as it is (its
+    `resumable_sampler` None)."""
+    from detectron2.config import instantiate
+    from detectron2.utils.registry import locate
+
+    target = loader_cfg.get("_target_")
+    target = locate(target) if isinstance(target, str) else target
+    if target is not build_detection_train_loader or loader_cfg.get("sampler") is not None:
+        loader = instantiate(loader_cfg)
+        loader.resumable_sampler = None
+        return loader
+    arguments = {key: instantiate(loader_cfg[key]) for key in loader_cfg if key != "_target_"}
+    resumable = None
+    if isinstance(arguments.get("dataset"), list):
+        resumable = ResumableTrainingSampler(len(arguments["dataset"]))  # as detectron2 would, seeded alike
+        arguments["sampler"] = resumable
+    loader = build_detection_train_loader(**arguments)
+    loader.resumable_sampler = resumable
+    return loader
