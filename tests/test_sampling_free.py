@@ -94,7 +94,7 @@ def test_guided_scale_matches_the_box_loss_and_carries_no_gradient(cfg):
     batch = tiny_batch()
 
     losses, _, _ = train_step(guided, batch)
-    assert float(losses["loss_cls"]) == pytest.approx(float(losses["loss_box_reg"]), rel=1e-5)
+    assert losses["loss_cls"].item() == pytest.approx(losses["loss_box_reg"].item(), rel=1e-5)
     # The class loss alone: no gradient reaches the box branch through the ratio.
     guided.zero_grad()
     from detectron2.utils.events import EventStorage
@@ -112,7 +112,7 @@ def test_guided_scale_matches_the_box_loss_and_carries_no_gradient(cfg):
         plain.train()
         plain_losses = plain(batch)
         plain_losses["loss_cls"].backward()
-    ratio = float(plain_losses["loss_box_reg"]) / float(plain_losses["loss_cls"])
+    ratio = plain_losses["loss_box_reg"].item() / plain_losses["loss_cls"].item()
     assert torch.allclose(guided_cls_grad, plain.head.cls_score.weight.grad * ratio, rtol=1e-4, atol=1e-9)
 
 

@@ -158,6 +158,7 @@ def test_a_run_at_its_time_limit_is_requeued_and_resumes(slurm, data, tmp_path):
             record = directory / "slurm_job.json"
             if record.exists():
                 subprocess.run(["scancel", json.loads(record.read_text())["job_id"]], env=slurm.env)
+            submitter.join(timeout=180)  # it sees the job end, reports it failed, and returns
     log = (directory / "log.txt").read_text()
     stopped = int(log.split("Received SIGTERM: stopped after iteration ")[1].split()[0])
     assert f"Starting training from iteration {stopped + 1}" in log
