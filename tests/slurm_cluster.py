@@ -108,6 +108,24 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP Over
         self.stop()
         raise SlurmUnavailable(f"the node did not become idle (sinfo: {state!r}); see {self._path('log')}")
 
+    def _step_daemons(self):
+        """The pids of this slurmd's children (its slurmstepd processes)."""
+        try:
+            with open(self._path("slurmd.pid")) as f:
+                slurmd = f.read().strip()
+        except OSError:
+            return []
+        children = []
+        for entry in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[1] == slurmd:  # the parent's pid, after the state
+                children.append(int(entry))
+        return children
+
     def _run(self, command):
         done = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=60)
         if done.returncode != 0:
@@ -115,8 +133,16 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP Over
             raise SlurmUnavailable(f"{command[0]} did not start: {(done.stderr or done.stdout).strip()[-500:]}")
 
     def stop(self):
-        """Stop what start() started: the daemons, newest first, and any job still running."""
+        """Stop what start() started: any job still running, the daemons newest first, and the
+        step daemons (slurmstepd, which keep slurmd's command line) of jobs they left behind."""
+        step_daemons = self._step_daemons()
         subprocess.run(["scancel", "--full", "--user", "root"], env=self.env, capture_output=True)
+        deadline = time.time() + 30
+        while time.time() < deadline:  # let the cancelled jobs' steps finish while munge is up
+            queue = subprocess.run(["squeue", "-h"], env=self.env, capture_output=True, text=True)
+            if queue.returncode != 0 or not queue.stdout.strip():
+                break
+            time.sleep(0.5)
         for pid_file in reversed(self.pid_files):
             try:
                 with open(pid_file) as f:
@@ -127,4 +153,9 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP Over
                     time.sleep(0.1)
             except (OSError, ValueError):
                 continue
+        for pid in step_daemons:  # a step whose job outlived munge waits for it forever
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
         self.pid_files = []

@@ -87,9 +87,15 @@ class CellJob:
 
         result = run_cell(self.cell, self.out_dir, self.base_args, self.extra_opts, self.threads, launch=self._launch)
         if result.status == "failed" and self._child is not None and self._child.returncode == PREEMPTED_EXIT_CODE:
-            # SIGTERM to the whole job: train_net.py saved; requeue, and wait for SLURM to stop this one.
-            print(requeue_slurm_job(by_submitit_job=True), flush=True)
-            time.sleep(3600)
+            # SIGTERM to the whole job: train_net.py saved. A job still running was signalled
+            # (scancel --signal=TERM, a preemption): requeue it, and wait for SLURM to stop this
+            # one. A job cancelled (scancel) or requeued already (scontrol requeue) is left so.
+            job = os.environ.get("SLURM_JOB_ID", "")
+            state = slurm_states([job]).get(job)
+            if state == "RUNNING":
+                print(requeue_slurm_job(by_submitit_job=True), flush=True)
+                time.sleep(3600)
+            print(f"SLURM job {job} is {state}: not requeued by itself", flush=True)
         return result.__dict__
 
     def checkpoint(self, *args, **kwargs):
