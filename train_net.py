@@ -154,10 +154,13 @@ def setup(args):
             build_model(cfg), cfg.OUTPUT_DIR,
             changed_keys(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg),
         )
-    if not args.eval_only and not (args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))):
-        require_pretrained(cfg.MODEL.WEIGHTS)  # a pretrained backbone not made yet: say how
+    # A pretrained backbone not made yet: say how, unless the run loads a checkpoint instead.
+    loads_weights = not args.eval_only and not (args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")))
+    pretrained = require_pretrained(cfg.MODEL.WEIGHTS, required=loads_weights)
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="retina_plugin")
+    if pretrained:
+        logger.info(pretrained)
     if cpu_fallback:
         logger.warning("No CUDA device is available: MODEL.DEVICE is set to 'cpu'.")
     return cfg

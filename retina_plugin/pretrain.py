@@ -18,6 +18,7 @@ data) with detectron2's key names (backbone.bottom_up.*), so MODEL.WEIGHTS
 "retina_pretrained://<file>" loads them into FocalRetinaNet, the FPN and head new. Made once by
 tools/pretrain_backbone.py.
 """
+import hashlib
 import logging
 import math
 import os
@@ -44,29 +45,54 @@ PRETRAIN_COMMAND = "python tools/pretrain_backbone.py --config-file <the config 
 
 
 def pretrained_root():
-    """Where pretrained backbones are cached: $DETECTRON2_DATASETS/pretrained."""
+    """Where pretrained backbones are made and cached: $DETECTRON2_DATASETS/pretrained."""
     return os.path.join(datasets_root(), "pretrained")
 
 
+# The backbones the measured results in docs/ used, kept in the repository: the pretraining is
+# seeded, but another CPU's float arithmetic makes another file (two machines gave held-out
+# losses 4.86 and 4.47), and results from two backbones do not compare.
+REPOSITORY_PRETRAINED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pretrained")
+
+
 def pretrained_path(url):
-    """The local file of a retina_pretrained:// URL."""
+    """The file a retina_pretrained:// URL is made into (tools/pretrain_backbone.py)."""
     return os.path.join(pretrained_root(), url[len(PRETRAIN_PREFIX):])
 
 
+def resolve_pretrained(url):
+    """The file a retina_pretrained:// URL loads: the one made here, else the repository's copy,
+    else None."""
+    for local in (pretrained_path(url), os.path.join(REPOSITORY_PRETRAINED, url[len(PRETRAIN_PREFIX):])):
+        if os.path.isfile(local):
+            return local
+    return None
+
+
+def file_sha256(path, length=16):
+    """The first `length` hex digits of a file's SHA-256: which backbone a run started from."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:length]
+
+
 class PretrainedBackboneHandler(PathHandler):
-    """retina_pretrained://NAME: the cached file NAME, or an error naming the command that makes it."""
+    """retina_pretrained://NAME: the file NAME made here or kept in the repository, or an error
+    naming the command that makes it."""
 
     def _get_supported_prefixes(self):
         return [PRETRAIN_PREFIX]
 
     def _get_local_path(self, path, **kwargs):
-        local = pretrained_path(path)
-        if not os.path.isfile(local):
+        local = resolve_pretrained(path)
+        if local is None:
             raise CheckpointError(
                 f"MODEL.WEIGHTS {path!r} is a pretrained backbone that has not been made here "
-                f"(no {local}). Make it once with `{PRETRAIN_COMMAND}` (about 15 minutes on 2 CPU "
-                f"cores; it is cached for every later run), or set MODEL.WEIGHTS \"\" to train "
-                f"from scratch with MODEL.RESNETS.NORM BN."
+                f"(no {pretrained_path(path)}). Make it once with `{PRETRAIN_COMMAND}` (about 20 "
+                f"minutes on 2 CPU cores; it is cached for every later run), or set MODEL.WEIGHTS "
+                f"\"\" to train from scratch with MODEL.RESNETS.NORM BN."
             )
         return local
 
@@ -74,20 +100,23 @@ class PretrainedBackboneHandler(PathHandler):
         return open(self._get_local_path(path), mode)
 
     def _isfile(self, path, **kwargs):
-        return os.path.isfile(pretrained_path(path))
+        return resolve_pretrained(path) is not None
 
     def _exists(self, path, **kwargs):
-        return os.path.exists(pretrained_path(path))
+        return resolve_pretrained(path) is not None
 
 
 PathManager.register_handler(PretrainedBackboneHandler())
 
 
-def require_pretrained(weights):
-    """Raise the handler's CheckpointError (the command that makes it) if `weights` is a
-    retina_pretrained:// file not made yet: before a run builds anything."""
-    if weights.startswith(PRETRAIN_PREFIX):
-        PathManager.get_local_path(weights)
+def require_pretrained(weights, required=True):
+    """If `weights` is a retina_pretrained:// file, the line that says which file it is, with
+    its SHA-256 (the ablation runner keeps it with the run's result); when it is not made yet,
+    the handler's CheckpointError (the command that makes it) if `required`, else None."""
+    if weights.startswith(PRETRAIN_PREFIX) and (required or resolve_pretrained(weights)):
+        local = PathManager.get_local_path(weights)
+        return f"Pretrained backbone: {weights} is {local} (sha256 {file_sha256(local)})"
+    return None
 
 
 def _check_disjoint_seeds():

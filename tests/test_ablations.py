@@ -35,13 +35,10 @@ def test_cells_shared_by_grids_train_once_and_keys_are_distinct():
         assert len({c.key for c in grid.cells}) == len(grid.cells), name
     # Shared: FL (2, 0.25) by six grids, balanced CE (0.75) by four, CE at alpha 0.25 and
     # 0.5 by two, GHM-C (momentum 0.75) by two. CE in "init" trains without gradient clipping:
-    # not the CE of "headline_scratch", but the CE of "headline" without clipping; the
-    # schedule's runs at the config's schedule are headline's balanced CE and FL without clipping.
-    assert len(distinct_cells()) == sum(len(g.cells) for g in GRIDS.values()) - 5 - 3 - 1 - 1 - 1 - 1 - 2
+    # not the CE of "headline_scratch", but the CE of "headline" without clipping.
+    assert len(distinct_cells()) == sum(len(g.cells) for g in GRIDS.values()) - 5 - 3 - 1 - 1 - 1 - 1
     ce = {g: c.key for g, grid in GRIDS.items() for c in grid.cells if c.label in ("CE, no clipping", "CE, prior init (pi = 0.01)")}
     assert set(ce) == {"init", "headline"} and len(set(ce.values())) == 1
-    schedule = [c.key for c in GRIDS["schedule"].cells if "2x" not in c.label]
-    assert len(schedule) == 2 and set(schedule) <= {c.key for c in GRIDS["headline"].cells}
     ghm = {g: c.key for g, grid in GRIDS.items() for c in grid.cells if c.label == "GHM-C, 30 bins, momentum 0.75"}
     assert set(ghm) == {"family", "ghm_c"} and len(set(ghm.values())) == 1
 
@@ -72,7 +69,7 @@ def test_reports_put_our_numbers_beside_the_papers(tmp_path):
 
 
 @pytest.mark.slow
-def test_runner_trains_cells_reports_divergence_and_resumes(tmp_path, monkeypatch):
+def test_runner_trains_cells_reports_divergence_and_resumes(tmp_path, monkeypatch, capsys):
     from retina_plugin.data import make_categories, write_synthetic_coco
 
     for split, seed in (("train", 0), ("val", 1)):
@@ -112,6 +109,56 @@ def test_runner_trains_cells_reports_divergence_and_resumes(tmp_path, monkeypatc
     logs = {c.key: os.path.getmtime(out / "cells" / c.key / "run.log") for c in tiny.cells}
     assert runner.main(args) == 0
     assert logs == {c.key: os.path.getmtime(out / "cells" / c.key / "run.log") for c in tiny.cells}
+    # The config changed after the cells ran (here a trailing key; in life the config file):
+    # the cell that takes the config's lr no longer trains what its name says, so the runner
+    # refuses, names it and trains nothing; the cell that sets its own lr is unchanged.
+    changed = args + ["SOLVER.BASE_LR", "0.004"]
+    assert runner.main(changed) == 2
+    err = capsys.readouterr().err
+    assert "1 finished run(s)" in err and "score_thresh_test=0.0: SOLVER.BASE_LR" in err and "-> 0.004" in err and "Move them away" in err
+    assert logs == {c.key: os.path.getmtime(out / "cells" / c.key / "run.log") for c in tiny.cells}
+    # --report-only still reports them, with a warning.
+    assert runner.main(["--report-only", *changed]) == 0
+    assert "warning: reported, but trained another config" in capsys.readouterr().out
+
+
+def test_the_schedule_check_matches_sparse_yaml_and_headline():
+    from retina_plugin.ablations.grids import PAPER_SETUP_ITERATIONS, PAPER_SETUP_LR, step_schedule
+    from retina_plugin.ablations.runner import resolved_config
+
+    sparse = os.path.join(REPO, "configs", "sparse.yaml")
+    cfg = resolved_config(sparse)
+    assert cfg.SOLVER.BASE_LR == PAPER_SETUP_LR
+    assert (("SOLVER.MAX_ITER", cfg.SOLVER.MAX_ITER), ("SOLVER.STEPS", tuple(cfg.SOLVER.STEPS))) == step_schedule(PAPER_SETUP_ITERATIONS)
+    # Every schedule cell names its lr and iterations; those at the config's are headline's
+    # balanced CE and FL without clipping, run for run (so --reuse-from takes them).
+    schedule = GRIDS["schedule"].cells
+    assert all("solver_base_lr=" in c.key and "solver_max_iter=" in c.key for c in schedule)
+    at_config = [c for c in schedule if dict(c.params)["lr"] == PAPER_SETUP_LR and dict(c.params)["iterations"] == PAPER_SETUP_ITERATIONS]
+    headline = [c for c in GRIDS["headline"].cells if c.label.startswith(("balanced CE", "FL")) and "no clipping" in c.label]
+    assert len(at_config) == len(headline) == 2
+
+    def dump(cell):
+        run = resolved_config(sparse, (), cell.with_seed(1).opts())
+        run.OUTPUT_DIR = ""
+        return run.dump()
+
+    assert [dump(c) for c in at_config] == [dump(c) for c in headline]
+    twice = [c for c in schedule if dict(c.params)["iterations"] == 2 * PAPER_SETUP_ITERATIONS]
+    assert len(twice) == 2 and dump(at_config[0]) != dump(twice[0])  # another run
+
+
+def test_schedule_report_says_what_twice_the_iterations_gained(tmp_path):
+    cells = {(dict(c.params)["alpha"], dict(c.params)["lr"], dict(c.params)["iterations"]): c for c in GRIDS["schedule"].cells}
+    results = {}
+    for (alpha, iterations), aps in {(0.75, 3000): (60.0, 62.0), (0.75, 6000): (61.0, 62.5),
+                                     (0.25, 3000): (65.0, None), (0.25, 6000): (70.0, 71.0)}.items():
+        for seed, ap in enumerate(aps):
+            if ap is not None:
+                results[cells[(alpha, 0.02, iterations)].with_seed(seed).key] = Result("ok", metrics_of(ap))
+    md = open(write_reports(["schedule"], results, str(tmp_path), "x", seeds=2)["md"]).read()
+    assert "| balanced CE, alpha 0.75, no clipping, lr 0.02, 3000 iterations | +1.0, +0.5 | +0.8 | yes |" in md
+    assert "| FL gamma 2, alpha 0.25, no clipping, lr 0.02, 3000 iterations | +5.0, not both run | +5.0 | no (from 1 of 2 seeds) |" in md
 
 
 def metrics_of(ap):

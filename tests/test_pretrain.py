@@ -10,10 +10,13 @@ import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
+from detectron2.utils.file_io import PathManager
 
+from retina_plugin import pretrain
 from retina_plugin.config import get_retina_cfg
 from retina_plugin.data.builtin import BUILTIN_SETS
-from retina_plugin.pretrain import PRETRAIN_SEED_BASE, PRETRAIN_STYLES, pretrained_path, pretraining_batch
+from retina_plugin.ablations.runner import PRETRAINED_BACKBONE
+from retina_plugin.pretrain import PRETRAIN_SEED_BASE, PRETRAIN_STYLES, file_sha256, pretrained_path, pretraining_batch
 
 from helpers import REPO
 from test_train_net import QUICK, load_tool, run_train_net, write_own_dataset
@@ -74,12 +77,14 @@ def test_pretraining_writes_the_file_the_config_names_once(datasets):
 
 def test_a_missing_pretrained_backbone_names_the_command_that_makes_it(tmp_path):
     env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path), PYTHONWARNINGS="ignore")
+    # A name that neither this machine nor the repository's pretrained/ folder holds.
     proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", SPARSE, "OUTPUT_DIR", str(tmp_path / "run")],
+        [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", SPARSE, "OUTPUT_DIR", str(tmp_path / "run"),
+         "MODEL.WEIGHTS", "retina_pretrained://not_made_here.pth"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "retina_pretrained://basic_r18_w32_shapes80.pth" in proc.stderr
+    assert "retina_pretrained://not_made_here.pth" in proc.stderr
     assert "python tools/pretrain_backbone.py --config-file" in proc.stderr
     assert "Traceback" not in proc.stderr and "Starting training" not in proc.stdout + proc.stderr
 
@@ -105,3 +110,23 @@ def test_sparse_config_with_the_pretrained_backbone_trains_two_iterations(tmp_pa
     # FrozenBN keeps the pretrained statistics.
     key = "backbone.bottom_up.res4.0.conv1.norm.running_mean"
     assert torch.equal(trained[key], pretrained[key])
+    # The log names the file made here (before the repository's copy) and its SHA-256, which
+    # the ablation runner keeps with a run's result.
+    made = pretrained_path("retina_pretrained://basic_r18_w32_shapes80.pth")
+    found = PRETRAINED_BACKBONE.search((out / "log.txt").read_text())
+    assert found and found.group(1) == file_sha256(made) and f" is {made} " in found.group(0)
+
+
+def test_the_made_backbone_comes_before_the_repositorys_copy(tmp_path, datasets, monkeypatch):
+    url = "retina_pretrained://b.pth"
+    monkeypatch.setattr(pretrain, "REPOSITORY_PRETRAINED", str(tmp_path / "repo"))
+    assert pretrain.resolve_pretrained(url) is None and not PathManager.isfile(url)
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "b.pth").write_bytes(b"kept")
+    assert pretrain.resolve_pretrained(url) == str(tmp_path / "repo" / "b.pth") and PathManager.isfile(url)
+    made = pretrained_path(url)
+    os.makedirs(os.path.dirname(made), exist_ok=True)
+    with open(made, "wb") as f:
+        f.write(b"made")
+    assert PathManager.get_local_path(url) == made
+    assert file_sha256(made) != file_sha256(str(tmp_path / "repo" / "b.pth"))

@@ -34,7 +34,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from retina_plugin.ablations import GRIDS, run_grids, write_reports  # noqa: E402
-from retina_plugin.ablations.runner import resolved_config  # noqa: E402
+from retina_plugin.ablations.runner import StaleRunError, resolved_config  # noqa: E402
 from retina_plugin.ablations.slurm import SlurmOptions, run_on_slurm  # noqa: E402
 
 
@@ -103,7 +103,7 @@ def main(argv=None):
     opts = dict(zip(args.opts[::2], args.opts[1::2]))
 
     def config_of(cell):  # the config train_net.py resolves for this cell
-        return resolved_config(args.config_file, args.extra_config, [*args.opts, *cell.opts()])
+        return resolved_config(args.config_file, args.extra_config, [*args.opts, *cell.opts()], args.dataset)
 
     log = lambda line: print(line, flush=True)  # noqa: E731
     execute = None
@@ -113,11 +113,15 @@ def main(argv=None):
         execute = functools.partial(run_on_slurm, out_dir=args.output_dir, base_args=base_args,
                                     extra_opts=args.opts, options=options, log=log,
                                     max_iter=opts.get("SOLVER.MAX_ITER"))
-    results = run_grids(
-        names, args.output_dir, base_args, args.opts, jobs=args.jobs, dry=args.report_only,
-        seeds=args.seeds, max_iter=opts.get("SOLVER.MAX_ITER"),
-        log=log, reuse_from=args.reuse_from, config_of=config_of, execute=execute,
-    )
+    try:
+        results = run_grids(
+            names, args.output_dir, base_args, args.opts, jobs=args.jobs, dry=args.report_only,
+            seeds=args.seeds, max_iter=opts.get("SOLVER.MAX_ITER"),
+            log=log, reuse_from=args.reuse_from, config_of=config_of, execute=execute,
+        )
+    except StaleRunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     command = " ".join(["python", "tools/run_ablations.py", *sys.argv[1:]] if argv is None else argv)
     verb = "Reported from the finished cells by" if args.report_only else "Measured with"
     paths = write_reports(names, results, args.output_dir, f"{verb}: `{command}`", seeds=args.seeds)

@@ -77,6 +77,7 @@ def write_reports(names, results, out_dir, title_note="", seeds=None):
                 row["paper_AP"] = "" if cell.paper_ap is None else cell.paper_ap
                 row["background_share"] = "" if result is None or result.background_share is None else result.background_share
                 row["reused_from"] = (result.reused_from or "") if result is not None else ""
+                row["backbone_sha256"] = (result.backbone_sha256 or "") if result is not None else ""
                 rows.append(row)
         md.append("")
         reused = [r for r in rows if r["grid"] == name and r["reused_from"]]
@@ -85,8 +86,15 @@ def write_reports(names, results, out_dir, title_note="", seeds=None):
                       "(`--reuse-from`): " + "; ".join(
                           f"{r['cell']}" + (f" seed {r['seed']}" if r["seed"] != "" else "") + f" is `{r['reused_from']}`"
                           for r in reused) + ".\n")
+        backbones = sorted({r["backbone_sha256"] for r in rows if r["grid"] == name and r["backbone_sha256"]})
+        if len(backbones) > 1:
+            # Another machine's pretraining makes another backbone: such runs do not compare.
+            md.append(f"**These runs started from {len(backbones)} different pretrained backbones** "
+                      f"(sha256 {', '.join(backbones)}; the `backbone_sha256` column of results.csv).\n")
         if grid.kind == "sweep":
             md += sweep_table(name, results, seeds)
+        if grid.kind == "schedule":
+            md += schedule_table(name, results, seeds)
     md.append(f"paper's AP: {PAPER_SOURCE}, for reference; not measured here.\n")
     os.makedirs(out_dir, exist_ok=True)
     paths = {"md": os.path.join(out_dir, "results.md"), "csv": os.path.join(out_dir, "results.csv")}
@@ -234,6 +242,39 @@ def sweep_points(name, results, seeds=None):
                 delta = (ap - ref, math.hypot(std, ref_std)) if n and ref_n else (math.nan, math.nan)
                 point["delta"][loss] = (*delta, min(n, ref_n))
     return points
+
+
+# The schedule check: a schedule has converged when twice its iterations gain less than this
+# much AP, on average over the seeds that finished both.
+CONVERGED_GAIN = 1.5
+
+
+def schedule_table(name, results, seeds=None) -> List[str]:
+    """For each cell whose same run at twice the iterations is in the grid: the AP that
+    doubling gained, each seed and on average, and whether that is under CONVERGED_GAIN."""
+    cells = GRIDS[name].cells
+    by_params = {tuple(sorted(c.params)): c for c in cells}
+    lines = [f"Converged: twice the iterations gain less than {CONVERGED_GAIN} AP on average.\n",
+             "| cell | AP gained at twice the iterations, each seed | mean | converged |", "|---|---|---|---|"]
+    for cell in cells:
+        params = dict(cell.params)
+        twice = by_params.get(tuple(sorted({**params, "iterations": 2 * params["iterations"]}.items())))
+        if twice is None:
+            continue
+        gains = []
+        for short, long in zip(cell_runs(cell, results, seeds), cell_runs(twice, results, seeds)):
+            ok = all(r is not None and r.status == "ok" for r in (short, long))
+            gains.append(long.metrics["AP"] - short.metrics["AP"] if ok else None)
+        finished = [g for g in gains if g is not None and math.isfinite(g)]
+        each = ", ".join("not both run" if g is None else f"{g:+.1f}" for g in gains)
+        if finished:
+            mean = sum(finished) / len(finished)
+            verdict = ("yes" if mean < CONVERGED_GAIN else "no") + (
+                "" if len(finished) == len(gains) else f" (from {len(finished)} of {len(gains)} seeds)")
+            lines.append(f"| {cell.label} | {each} | {mean:+.1f} | {verdict} |")
+        else:
+            lines.append(f"| {cell.label} | {each} | - | not measured |")
+    return lines + [""]
 
 
 def sweep_table(name, results, seeds=None) -> List[str]:

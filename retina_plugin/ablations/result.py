@@ -25,6 +25,8 @@ class Result:
     # (cls_loss_background_share): whether the many easy negatives dominate the loss, the
     # paper's case against CE.
     background_share: Optional[float] = None
+    # The SHA-256 (16 hex digits) of the pretrained backbone the run started from, if any.
+    backbone_sha256: Optional[str] = None
 
     def __post_init__(self):
         self.curve = [tuple(point) for point in self.curve]

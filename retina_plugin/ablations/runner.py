@@ -25,6 +25,8 @@ from .result import Result, format_ap
 
 
 DIVERGED = re.compile(r"Loss became infinite or NaN at iteration=(\d+)")
+# train_net.py logs which pretrained backbone a run starts from (retina_plugin.pretrain.require_pretrained).
+PRETRAINED_BACKBONE = re.compile(r"Pretrained backbone: \S+ is .* \(sha256 ([0-9a-f]+)\)")
 
 
 def read_metrics(output_dir) -> List[dict]:
@@ -108,16 +110,19 @@ def run_cell(cell: Cell, out_dir, base_args: List[str], extra_opts: List[str], t
     with open(log_file) as f:
         text = f.read()
     diverged = DIVERGED.search(text)
+    backbone = PRETRAINED_BACKBONE.search(text)
+    backbone = backbone.group(1) if backbone else None
     records = read_metrics(directory)
     metrics, curve, ratio = summarize_metrics(records)
     seconds = round(time.time() - start, 1)
     share = median_of(records, "cls_loss_background_share")
     if returncode == 0 and metrics:
         result = Result("ok", metrics, curve=curve, neg_pairs_per_pos=ratio, seconds=seconds,
-                        background_share=share)
+                        background_share=share, backbone_sha256=backbone)
     elif diverged:
         result = Result("diverged", iteration=int(diverged.group(1)), curve=curve,
-                        neg_pairs_per_pos=ratio, seconds=seconds, background_share=share)
+                        neg_pairs_per_pos=ratio, seconds=seconds, background_share=share,
+                        backbone_sha256=backbone)
     else:
         # Not written to result.json: a failure (a killed process, a bad path) is rerun.
         return Result("failed", log=log_file)
@@ -130,15 +135,20 @@ def run_cell(cell: Cell, out_dir, base_args: List[str], extra_opts: List[str], t
 NOT_PART_OF_THE_RUN = ("OUTPUT_DIR", "MODEL.DEVICE")
 
 
-def resolved_config(config_file, extra_configs=(), opts=()):
-    """The config train_net.py resolves from a config file, extra configs and KEY VALUE opts
-    (without --dataset's class counts: such runs are simply never found equal)."""
+def resolved_config(config_file, extra_configs=(), opts=(), datasets=()):
+    """The config train_net.py resolves from a config file, extra configs, KEY VALUE opts and
+    --dataset (name, json file, image root) triples (whose class count it takes, as train_net.py)."""
     from ..config import get_retina_cfg, merge_config_file, merge_config_list
+    from ..data.custom import read_coco_categories
 
     cfg = get_retina_cfg(config_file)
     for path in extra_configs:
         merge_config_file(cfg, path)
     merge_config_list(cfg, list(opts))
+    own = {name: (json_file, image_root) for name, json_file, image_root in datasets}
+    used = [n for n in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST) if n in own]
+    if used and "MODEL.RETINANET.NUM_CLASSES" not in list(opts)[::2]:
+        cfg.MODEL.RETINANET.NUM_CLASSES = len(read_coco_categories(*own[used[0]]))
     return cfg
 
 
@@ -180,6 +190,35 @@ def config_differences(config_file, cfg) -> List[str]:
         key for key, value in new.items()
         if key not in NOT_PART_OF_THE_RUN and old.get(key, defaults.get(key)) != value
     ]
+
+
+class StaleRunError(ValueError):
+    """Finished runs in the output directory that trained another config than their cell now resolves to."""
+
+
+def stale_runs(runs: Dict[str, Cell], out_dir, config_of) -> List[str]:
+    """One line per finished run of `runs` in `out_dir` whose config.yaml differs from the config
+    its cell resolves to now (the config file changed after it ran): its directory and the
+    first differing keys, old -> new."""
+    import yaml
+
+    from ..config import _flatten
+
+    lines = []
+    for cell in runs.values():
+        directory = cell_dir(cell, out_dir)
+        config_file = os.path.join(directory, "config.yaml")
+        if finished_result(cell, out_dir) is None or not os.path.isfile(config_file):
+            continue
+        cfg = config_of(cell)
+        keys = config_differences(config_file, cfg)
+        if keys:
+            with open(config_file) as f:
+                old = _flatten(yaml.safe_load(f) or {})
+            new = _flatten(yaml.safe_load(cfg.dump()))
+            changes = ", ".join(f"{k} {old.get(k, '(absent)')} -> {new[k]}" for k in keys[:3])
+            lines.append(f"{directory}: {changes}")
+    return lines
 
 
 def reuse_same_run(cell: Cell, out_dir, cfg, candidates: Sequence[str]) -> Optional[Result]:
@@ -276,6 +315,19 @@ def run_grids(names, out_dir, base_args, extra_opts=(), jobs=1, log=print, dry=F
     trains the runs elsewhere (slurm.run_on_slurm) instead of in this machine's process pool.
     """
     runs = grid_runs(names, seeds)
+    if config_of is not None:
+        # A finished run is reported under its cell's name: if the config file changed since
+        # it ran, the name no longer says what it trained, and the report would mislead.
+        stale = stale_runs(runs, out_dir, config_of)
+        if stale and not dry:
+            raise StaleRunError(
+                f"{len(stale)} finished run(s) in {out_dir} trained another config than their cell "
+                f"resolves to now (the config file changed after they ran):\n  " + "\n  ".join(stale[:5])
+                + "\nMove them away (or choose another --output-dir) to train them again, or restore "
+                "the config to report them."
+            )
+        for line in stale:
+            log(f"warning: reported, but trained another config than the cell resolves to now: {line}")
     others = [d for d in reuse_from if os.path.abspath(d) != os.path.abspath(out_dir)]
     candidates, unknown = [], []
     for run in finished_runs(others):
