@@ -14,7 +14,8 @@ PRETRAIN_SEED_BASE + n, which no built-in split uses (those use seeds 0 and 1), 
 include the four shapes that are only distractors there.
 
 The weights are written under $DETECTRON2_DATASETS/pretrained/ (cached, like the built-in
-data) with detectron2's key names (backbone.bottom_up.*), so MODEL.WEIGHTS
+data) with detectron2's key names (backbone.bottom_up.*; backbone.* with the FPN, which
+pretrain_backbone(with_fpn=True) trains too, pooling every level), so MODEL.WEIGHTS
 "retina_pretrained://<file>" loads them into FocalRetinaNet, the FPN and head new. Made once by
 tools/pretrain_backbone.py.
 """
@@ -148,18 +149,34 @@ def pretraining_batch(seed, index, batch_size, image_size, pixel_mean, pixel_std
 
 
 class ImageClassifier(nn.Module):
-    """The detector's bottom-up ResNet, global average pooling and a linear layer of 80 logits."""
+    """The detector's backbone under a multi-label classifier: global average pooling of the
+    bottom-up ResNet's last stage (with `with_fpn`: of every FPN level, concatenated, so the
+    FPN learns too) and a linear layer of `num_labels` logits."""
 
-    def __init__(self, bottom_up, num_labels):
+    def __init__(self, backbone, num_labels, with_fpn=False):
         super().__init__()
-        self.bottom_up = bottom_up
-        last = bottom_up._out_features[-1]
-        self.last = last
-        self.linear = nn.Linear(bottom_up.output_shape()[last].channels, num_labels)
+        self.backbone = backbone
+        self.with_fpn = with_fpn
+        shapes = self.pretrained_part().output_shape()
+        self.features = list(shapes) if with_fpn else [backbone.bottom_up._out_features[-1]]
+        self.linear = nn.Linear(sum(shapes[k].channels for k in self.features), num_labels)
+
+    def pretrained_part(self):
+        """The module whose weights pretraining keeps: the FPN backbone, or its ResNet."""
+        return self.backbone if self.with_fpn else self.backbone.bottom_up
+
+    def pretrained_weights(self):
+        """Its weights under the detector's key names (backbone.*), FrozenBN's absent counters aside."""
+        prefix = "backbone." if self.with_fpn else "backbone.bottom_up."
+        return {
+            prefix + k: v.detach().clone()
+            for k, v in self.pretrained_part().state_dict().items()
+            if not k.endswith("num_batches_tracked")  # FrozenBN, which fine-tuning uses, has none
+        }
 
     def forward(self, images):
-        features = self.bottom_up(images)[self.last]
-        return self.linear(F.adaptive_avg_pool2d(features, 1).flatten(1))
+        features = self.pretrained_part()(images)
+        return self.linear(torch.cat([F.adaptive_avg_pool2d(features[k], 1).flatten(1) for k in self.features], 1))
 
 
 def pretraining_cfg(cfg):
@@ -195,7 +212,7 @@ def evaluate_classifier(model, batches):
 
 
 def pretrain_backbone(cfg, output, iterations=4000, batch_size=32, base_lr=0.02, seed=0,
-                      image_size=96, eval_batches=8, progress=True):
+                      image_size=96, eval_batches=8, progress=True, with_fpn=False):
     """
     Train cfg's backbone (its bottom-up ResNet) on the pretraining task and write its weights
     to `output` (atomically): {"model": backbone.bottom_up.* weights, "pretraining": what made
@@ -209,7 +226,10 @@ def pretrain_backbone(cfg, output, iterations=4000, batch_size=32, base_lr=0.02,
     _check_disjoint_seeds()
     cfg = pretraining_cfg(cfg)
     torch.manual_seed(seed)
-    model = ImageClassifier(build_backbone(cfg).bottom_up, len(PRETRAIN_STYLES))
+    model = ImageClassifier(build_backbone(cfg), len(PRETRAIN_STYLES), with_fpn=with_fpn)
+    divisibility = model.backbone.size_divisibility if with_fpn else 1
+    if divisibility > 1 and image_size % divisibility:
+        raise ValueError(f"image size {image_size}: the FPN needs a multiple of {divisibility}")
     optimizer = torch.optim.SGD(model.parameters(), lr=base_lr, momentum=0.9, weight_decay=1e-4)
     warmup = max(1, iterations // 20)
 
@@ -246,18 +266,14 @@ def pretrain_backbone(cfg, output, iterations=4000, batch_size=32, base_lr=0.02,
     baseline = float(multilabel_loss(torch.logit(frequency).expand_as(targets), targets))
     record = {
         "task": f"multi-label classification of {len(PRETRAIN_STYLES)} (shape, colour) pairs",
-        "iterations": iterations, "batch_size": batch_size, "base_lr": base_lr, "seed": seed,
+        "iterations": iterations, "batch_size": batch_size, "base_lr": base_lr, "seed": seed, "with_fpn": with_fpn,
         "image_size": image_size, "held_out_images": eval_batches * batch_size,
         "held_out_loss": bce, "held_out_loss_of_the_label_frequencies": baseline, "held_out_exact_match": exact, "held_out_label_accuracy": label_accuracy,
         "seconds": time.perf_counter() - start,
         "resnet": {"depth": cfg.MODEL.RESNETS.DEPTH, "stem_out_channels": cfg.MODEL.RESNETS.STEM_OUT_CHANNELS,
                    "res2_out_channels": cfg.MODEL.RESNETS.RES2_OUT_CHANNELS},
     }
-    weights = {
-        f"backbone.bottom_up.{k}": v.detach().clone()
-        for k, v in model.bottom_up.state_dict().items()
-        if not k.endswith("num_batches_tracked")  # FrozenBN, which fine-tuning uses, has none
-    }
+    weights = model.pretrained_weights()
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     _write_atomically(output, lambda f: torch.save({"model": weights, "pretraining": record}, f))
     logger.info(f"Pretrained backbone written to {output}: {record}")

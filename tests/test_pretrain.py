@@ -75,6 +75,34 @@ def test_pretraining_writes_the_file_the_config_names_once(datasets):
     assert bottom_up == set(weights)
 
 
+def test_with_fpn_pretrains_the_fpn_too_and_other_settings_are_not_taken_for_the_cached_file(datasets, capsys):
+    fpn_file = str(datasets / "fpn.pth")
+    assert make_pretrained("--with-fpn", "--output", fpn_file) == 0
+    saved = torch.load(fpn_file, map_location="cpu", weights_only=True)
+    weights = saved["model"]
+    assert saved["pretraining"]["with_fpn"] is True
+    # The FPN's convs (lateral, output, P6/P7) besides the ResNet, under the detector's names.
+    assert any(k.startswith("backbone.fpn_lateral") for k in weights) and any(".p6." in k for k in weights)
+    cfg = get_retina_cfg(SPARSE)
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg)
+    DetectionCheckpointer(model).load(fpn_file)
+    state = model.state_dict()
+    assert set(weights) == {k for k in state if k.startswith("backbone.")} - {
+        k for k in state if k.endswith("num_batches_tracked")}
+    assert all(torch.equal(state[k], v) for k, v in weights.items())
+    # Asked again with other settings, the cached file is not taken for them, and stays.
+    mtime = os.path.getmtime(fpn_file)
+    with pytest.raises(SystemExit):
+        make_pretrained("--output", fpn_file)
+    err = capsys.readouterr().err
+    assert "made with other settings (with_fpn True there, False asked)" in err and "--force" in err
+    with pytest.raises(SystemExit):
+        make_pretrained("--with-fpn", "--image-size", "48", "--output", str(datasets / "odd.pth"))
+    assert "multiple of 32" in capsys.readouterr().err
+    assert os.path.getmtime(fpn_file) == mtime
+
+
 def test_a_missing_pretrained_backbone_names_the_command_that_makes_it(tmp_path):
     env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path), PYTHONWARNINGS="ignore")
     # A name that neither this machine nor the repository's pretrained/ folder holds.

@@ -7,8 +7,9 @@ $DETECTRON2_DATASETS/pretrained/FILE; a second call finds it and trains nothing.
 
     python tools/pretrain_backbone.py --config-file configs/sparse.yaml
 
-Seeded: the same flags write the same weights. --output writes elsewhere (then set
-MODEL.WEIGHTS to that path).
+Seeded: the same flags write the same weights on one machine (another CPU's arithmetic makes
+another file: pretrained/README.md). --output writes elsewhere (then set MODEL.WEIGHTS to that
+path); --with-fpn pretrains the FPN too.
 """
 import argparse
 import json
@@ -33,12 +34,17 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=0.02)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--with-fpn", action="store_true",
+                        help="pretrain the FPN with the ResNet (the classifier pools every FPN level); "
+                        "the file then holds backbone.* weights. Name it with --output or a MODEL.WEIGHTS override")
     parser.add_argument("--force", action="store_true", help="train again even if the file exists")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
     for name in ("iterations", "batch_size", "image_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: use 1 or more")
+    if args.with_fpn and args.image_size % 32:
+        parser.error(f"--image-size {args.image_size}: with --with-fpn use a multiple of 32 (the FPN's coarsest stride)")
     if not args.lr > 0:
         parser.error(f"--lr {args.lr}: use a positive learning rate")
     cfg = get_retina_cfg(args.config_file, args.opts)
@@ -51,6 +57,17 @@ def main(argv=None):
             )
         output = pretrained_path(cfg.MODEL.WEIGHTS)
     if os.path.isfile(output) and not args.force:
+        # Cached: the same settings need no training; other settings must not be taken for them.
+        made = torch.load(output, map_location="cpu", weights_only=True).get("pretraining", {})
+        asked = {"iterations": args.iterations, "batch_size": args.batch_size, "base_lr": args.lr,
+                 "seed": args.seed, "image_size": args.image_size, "with_fpn": args.with_fpn}
+        made.setdefault("with_fpn", False)  # files from before the flag
+        differ = [f"{k} {made.get(k)} there, {v} asked" for k, v in asked.items() if made.get(k) != v]
+        if differ:
+            parser.error(
+                f"{output} exists, made with other settings (" + ", ".join(differ)
+                + "): name another file with --output (or a MODEL.WEIGHTS override), or --force to replace it"
+            )
         print(f"{output} exists already: nothing to do (--force trains it again).")
         return 0
     setup_logger(name="retina_plugin")
@@ -58,7 +75,7 @@ def main(argv=None):
           f"iterations of {args.batch_size} images on {torch.get_num_threads()} threads -> {output}")
     record = pretrain_backbone(
         cfg, output, iterations=args.iterations, batch_size=args.batch_size, base_lr=args.lr,
-        seed=args.seed, image_size=args.image_size,
+        seed=args.seed, image_size=args.image_size, with_fpn=args.with_fpn,
     )
     print(json.dumps(record, indent=2))
     print(f"Written: {output}")
