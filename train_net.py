@@ -35,7 +35,7 @@ from detectron2.utils.logger import setup_logger
 from retina_plugin.checkpoint import CheckpointError, RandomStates, SafeDetectionCheckpointer, resume_mismatch
 from retina_plugin.data import CheckedDatasetMapper, DatasetError, register_coco_dataset
 from retina_plugin.config import changed_keys
-from retina_plugin.data.custom import check_datasets_present, explained_empty_training_set
+from retina_plugin.data.custom import check_datasets_present, explained_empty_training_set, take_dataset_classes
 from retina_plugin.data.sampler import build_resumable_train_loader
 from retina_plugin.output_lock import OutputDirInUseError, OutputDirNotWritableError, lock_output_dir
 from retina_plugin.preemption import PREEMPTED_EXIT_CODE, Preempted, PreemptionCheckpointer
@@ -128,10 +128,8 @@ def setup(args):
     for path in [args.config_file, *(args.extra_config or [])]:
         retina_plugin.merge_config_file(cfg, path, allow_python_tags=args.allow_unsafe_yaml)
     retina_plugin.merge_config_list(cfg, args.opts)
-    used = [n for n in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST) if n in own_datasets]
-    if used and "MODEL.RETINANET.NUM_CLASSES" not in args.opts[::2]:
-        # The classes of --dataset files, unless the command line sets them (then checked).
-        cfg.MODEL.RETINANET.NUM_CLASSES = len(own_datasets[used[0]])
+    # The classes of --dataset files, unless the command line sets them (then checked).
+    take_dataset_classes(cfg, own_datasets, args.opts)
     # Every key and the data sets' classes, before anything is built: all problems at once.
     retina_plugin.validate_config(cfg, datasets=True)
     if cfg.SOLVER.AMP.ENABLED and not torch.cuda.is_available():

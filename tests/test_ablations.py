@@ -180,6 +180,21 @@ def test_seeds_are_runs_of_their_own_first_seeds_first():
     assert len(standard) == len(ablations.SWEEP_DATA) and len(sweep) == 5 * len(ablations.SWEEP_DATA)
 
 
+def test_only_runs_the_cells_whose_label_has_the_text(tmp_path, capsys):
+    runs = ablations.grid_runs(["schedule"], seeds=2, only=["FL gamma 2", "balanced CE"])
+    assert len(runs) == 2 * len(GRIDS["schedule"].cells)
+    fl_3000 = ablations.grid_runs(["schedule"], seeds=2, only=["FL gamma 2"])
+    labels = {c.label for c in fl_3000.values()}
+    assert labels and all(label.startswith("FL gamma 2") for label in labels)
+    assert len(fl_3000) == 2 * len(labels) and len(labels) == len(GRIDS["schedule"].cells) // 2
+    # A text no cell has is an error that lists the labels, before anything runs.
+    with pytest.raises(SystemExit):
+        load_tool("run_ablations").main(["--grid", "init", "--only", "FL gamma 7", "--output-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert "--only 'FL gamma 7': no cell of init" in err and "CE, prior init (pi = 0.01)" in err
+    assert not os.path.exists(tmp_path / "cells")
+
+
 def test_report_of_seeded_runs_shows_each_run_and_mean_std(tmp_path):
     cells = GRIDS["headline_scratch"].cells
     results = {}

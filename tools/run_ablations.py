@@ -14,6 +14,7 @@ Each cell is one train_net.py run in OUTPUT_DIR/cells/<its overrides>; with --se
 (SEED 0 .. N-1). Finished runs are not rerun, so an interrupted command continues where it
 stopped; a progress line every minute names the runs in progress and an ETA. A cell whose loss became NaN or infinite is reported as "diverged at iteration N".
 Writes results.md, results.csv and, for table1a and table1b, AP plots beside the paper's numbers.
+--only TEXT runs (and reports) just the cells whose label contains TEXT.
 Trailing KEY VALUE pairs (the schedule, a data set) go to every cell; --dataset and
 --extra-config are passed through to train_net.py.
 
@@ -55,6 +56,9 @@ def main(argv=None):
     parser.add_argument("--reuse-from", action="append", default=[], metavar="DIR",
                         help="another ablation output directory: a run whose resolved config "
                         "equals one of its finished runs takes that result (repeatable)")
+    parser.add_argument("--only", action="append", default=[], metavar="TEXT",
+                        help="run (and report) only the cells whose label contains TEXT, e.g. "
+                        "'FL gamma 2' or '3000 iterations' (repeatable: any of them)")
     parser.add_argument("--report-only", action="store_true",
                         help="write the reports from the finished cells, train nothing")
     slurm = parser.add_argument_group("SLURM (--executor slurm): one job per run, through submitit")
@@ -92,6 +96,11 @@ def main(argv=None):
     if not os.path.isfile(args.config_file):
         parser.error(f"--config-file {args.config_file} does not exist")
     names = list(dict.fromkeys(args.grid))
+    labels = [cell.label for name in names for cell in GRIDS[name].cells]
+    for text in args.only:
+        if not any(text in label for label in labels):
+            parser.error(f"--only {text!r}: no cell of {', '.join(names)} has it in its label; "
+                         f"the labels are: " + "; ".join(dict.fromkeys(labels)))
     base_args = ["--config-file", args.config_file]
     for path in args.extra_config:
         base_args += ["--extra-config", path]
@@ -117,7 +126,7 @@ def main(argv=None):
         results = run_grids(
             names, args.output_dir, base_args, args.opts, jobs=args.jobs, dry=args.report_only,
             seeds=args.seeds, max_iter=opts.get("SOLVER.MAX_ITER"),
-            log=log, reuse_from=args.reuse_from, config_of=config_of, execute=execute,
+            log=log, reuse_from=args.reuse_from, config_of=config_of, execute=execute, only=args.only,
         )
     except StaleRunError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -139,17 +139,14 @@ def resolved_config(config_file, extra_configs=(), opts=(), datasets=()):
     """The config train_net.py resolves from a config file, extra configs, KEY VALUE opts and
     --dataset (name, json file, image root) triples (whose class count it takes, as train_net.py)."""
     from ..config import get_retina_cfg, merge_config_file, merge_config_list
-    from ..data.custom import read_coco_categories
+    from ..data.custom import read_coco_categories, take_dataset_classes
 
     cfg = get_retina_cfg(config_file)
     for path in extra_configs:
         merge_config_file(cfg, path)
     merge_config_list(cfg, list(opts))
-    own = {name: (json_file, image_root) for name, json_file, image_root in datasets}
-    used = [n for n in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST) if n in own]
-    if used and "MODEL.RETINANET.NUM_CLASSES" not in list(opts)[::2]:
-        cfg.MODEL.RETINANET.NUM_CLASSES = len(read_coco_categories(*own[used[0]]))
-    return cfg
+    own = {name: read_coco_categories(json_file, image_root) for name, json_file, image_root in datasets}
+    return take_dataset_classes(cfg, own, opts)
 
 
 def finished_runs(directories: Sequence[str]) -> List[str]:
@@ -252,10 +249,14 @@ def finished_result(cell: Cell, out_dir) -> Optional[Result]:
     return result
 
 
-def grid_runs(names, seeds=None) -> Dict[str, Cell]:
+def grid_runs(names, seeds=None, only: Sequence[str] = ()) -> Dict[str, Cell]:
     """{key: cell} of every distinct run of the named grids, each seed its own run: every
-    cell's first seed first, so that an unfinished run of the grids already compares them all."""
-    per_cell = [cell.seeded(seeds) for name in names for cell in GRIDS[name].cells]
+    cell's first seed first, so that an unfinished run of the grids already compares them all.
+    `only`: just the cells whose label contains one of these texts."""
+    cells = [cell for name in names for cell in GRIDS[name].cells]
+    if only:
+        cells = [cell for cell in cells if any(text in cell.label for text in only)]
+    per_cell = [cell.seeded(seeds) for cell in cells]
     runs = {}
     for index in range(max((len(c) for c in per_cell), default=0)):
         for cell_runs in per_cell:
@@ -305,7 +306,8 @@ class Progress:
 def run_grids(names, out_dir, base_args, extra_opts=(), jobs=1, log=print, dry=False, seeds=None,
               progress_every=60.0, max_iter=None, reuse_from: Sequence[str] = (),
               config_of: Optional[Callable[[Cell], object]] = None,
-              execute: Optional[Callable[[Dict[str, Cell]], Dict[str, Result]]] = None):
+              execute: Optional[Callable[[Dict[str, Cell]], Dict[str, Result]]] = None,
+              only: Sequence[str] = ()):
     """
     Run every run of the named grids (each distinct cell and seed once, finished ones not
     again); return {run key: Result}. With `dry`, only collect the finished runs' results.
@@ -313,8 +315,9 @@ def run_grids(names, out_dir, base_args, extra_opts=(), jobs=1, log=print, dry=F
     `reuse_from`: other output directories whose finished runs are taken for a run with the
     same resolved config (`config_of(cell)`) instead of training it again. `execute(runs)`
     trains the runs elsewhere (slurm.run_on_slurm) instead of in this machine's process pool.
+    `only`: just the cells whose label contains one of these texts.
     """
-    runs = grid_runs(names, seeds)
+    runs = grid_runs(names, seeds, only)
     if config_of is not None:
         # A finished run is reported under its cell's name: if the config file changed since
         # it ran, the name no longer says what it trained, and the report would mislead.

@@ -158,6 +158,17 @@ def register_coco_dataset(name, json_file, image_root):
     return categories
 
 
+def take_dataset_classes(cfg, categories_by_name, opts=()):
+    """Set MODEL.RETINANET.NUM_CLASSES to the class count of the first of `categories_by_name`
+    ({name: categories} of --dataset files) that cfg.DATASETS trains or tests on, unless the
+    KEY VALUE `opts` set it (then check_num_classes checks it). train_net.py and the ablation
+    runner both resolve a config this way."""
+    used = [n for n in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST) if n in categories_by_name]
+    if used and "MODEL.RETINANET.NUM_CLASSES" not in list(opts)[::2]:
+        cfg.MODEL.RETINANET.NUM_CLASSES = len(categories_by_name[used[0]])
+    return cfg
+
+
 def check_num_classes(cfg, check=None):
     """Check that every data set of cfg.DATASETS whose classes are known has
     MODEL.RETINANET.NUM_CLASSES of them: report to check(ok, key, value, allowed) (see
