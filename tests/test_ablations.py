@@ -98,7 +98,17 @@ def test_runner_trains_cells_reports_divergence_and_resumes(tmp_path, monkeypatc
         "SOLVER.WARMUP_ITERS", "0",
     ]
     monkeypatch.setenv("PYTHONWARNINGS", "ignore")
+    # --only trains just the cells it names; the report lists the other as not run.
+    trains, diverges = tiny.cells
+    assert runner.main(["--only", "trains", *args]) == 0
+    assert (out / "cells" / trains.key / "result.json").is_file() and not (out / "cells" / diverges.key).exists()
+    assert "| diverges | not run |" in (out / "results.md").read_text()
+    first = os.path.getmtime(out / "cells" / trains.key / "run.log")
     assert runner.main(args) == 0
+    assert os.path.getmtime(out / "cells" / trains.key / "run.log") == first
+    # --only the other cell: the report keeps the first cell's finished result.
+    assert runner.main(["--only", "diverges", *args]) == 0
+    assert "| trains | " in (out / "results.md").read_text() and "| trains | not run" not in (out / "results.md").read_text()
     results = run_grids(["tiny"], str(out), [], dry=True)
     trained, diverged = (results[c.key] for c in tiny.cells)
     assert trained.status == "ok" and 0 <= trained.metrics["AP"] <= 100

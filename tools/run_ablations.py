@@ -14,7 +14,7 @@ Each cell is one train_net.py run in OUTPUT_DIR/cells/<its overrides>; with --se
 (SEED 0 .. N-1). Finished runs are not rerun, so an interrupted command continues where it
 stopped; a progress line every minute names the runs in progress and an ETA. A cell whose loss became NaN or infinite is reported as "diverged at iteration N".
 Writes results.md, results.csv and, for table1a and table1b, AP plots beside the paper's numbers.
---only TEXT runs (and reports) just the cells whose label contains TEXT.
+--only TEXT trains just the cells whose label contains TEXT (the report lists them all).
 Trailing KEY VALUE pairs (the schedule, a data set) go to every cell; --dataset and
 --extra-config are passed through to train_net.py.
 
@@ -57,8 +57,9 @@ def main(argv=None):
                         help="another ablation output directory: a run whose resolved config "
                         "equals one of its finished runs takes that result (repeatable)")
     parser.add_argument("--only", action="append", default=[], metavar="TEXT",
-                        help="run (and report) only the cells whose label contains TEXT, e.g. "
-                        "'FL gamma 2' or '3000 iterations' (repeatable: any of them)")
+                        help="train only the cells whose label contains TEXT, e.g. 'FL gamma 2' or "
+                        "'3000 iterations' (repeatable: any of them); the report still lists the "
+                        "grid's other cells, as not run or from their earlier runs")
     parser.add_argument("--report-only", action="store_true",
                         help="write the reports from the finished cells, train nothing")
     slurm = parser.add_argument_group("SLURM (--executor slurm): one job per run, through submitit")

@@ -315,13 +315,15 @@ def run_grids(names, out_dir, base_args, extra_opts=(), jobs=1, log=print, dry=F
     `reuse_from`: other output directories whose finished runs are taken for a run with the
     same resolved config (`config_of(cell)`) instead of training it again. `execute(runs)`
     trains the runs elsewhere (slurm.run_on_slurm) instead of in this machine's process pool.
-    `only`: just the cells whose label contains one of these texts.
+    `only`: train just the cells whose label contains one of these texts; the other cells'
+    finished runs are still returned, for the report.
     """
+    every_run = grid_runs(names, seeds)
     runs = grid_runs(names, seeds, only)
     if config_of is not None:
         # A finished run is reported under its cell's name: if the config file changed since
         # it ran, the name no longer says what it trained, and the report would mislead.
-        stale = stale_runs(runs, out_dir, config_of)
+        stale = stale_runs(every_run, out_dir, config_of)
         if stale and not dry:
             raise StaleRunError(
                 f"{len(stale)} finished run(s) in {out_dir} trained another config than their cell "
@@ -346,11 +348,12 @@ def run_grids(names, out_dir, base_args, extra_opts=(), jobs=1, log=print, dry=F
                 reused = reuse_same_run(cell, out_dir, config_of(cell), candidates)
                 if reused is not None:
                     log(f"{cell.label}: the same config as {reused.reused_from}, not trained again")
+    found = {key: finished_result(cell, out_dir) for key, cell in every_run.items() if key not in runs or dry}
+    finished_elsewhere = {key: result for key, result in found.items() if result is not None}
     if dry:
-        found = {key: finished_result(cell, out_dir) for key, cell in runs.items()}
-        return {key: result for key, result in found.items() if result is not None}
+        return finished_elsewhere
     if execute is not None:
-        return execute(runs)
+        return {**finished_elsewhere, **execute(runs)}
     threads = max(1, (os.cpu_count() or 1) // jobs)
     progress = Progress(runs, out_dir, jobs, max_iter, log)
     stop = threading.Event()
@@ -373,6 +376,6 @@ def run_grids(names, out_dir, base_args, extra_opts=(), jobs=1, log=print, dry=F
     watcher.start()
     try:
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            return dict(pool.map(one, runs.values()))
+            return {**finished_elsewhere, **dict(pool.map(one, runs.values()))}
     finally:
         stop.set()
