@@ -8,6 +8,7 @@ import csv
 import math
 import os
 import statistics
+import textwrap
 from typing import Dict, List, Optional
 
 from .grids import GRIDS, METRICS, PAPER_SOURCE, Cell
@@ -132,7 +133,8 @@ def _save(fig, ax, path, title, xlabel, ylabel, legend_size=7):
     """Label, grid, legend (if anything is labelled), write the PNG and close the figure."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
+    # Wrapped: a grid's long title would run past the figure's edges.
+    ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=9)
     ax.grid(True, alpha=0.3, which="both")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=legend_size)
