@@ -348,8 +348,14 @@ def run_grids(names, out_dir, base_args, extra_opts=(), jobs=1, log=print, dry=F
                 reused = reuse_same_run(cell, out_dir, config_of(cell), candidates)
                 if reused is not None:
                     log(f"{cell.label}: the same config as {reused.reused_from}, not trained again")
-    found = {key: finished_result(cell, out_dir) for key, cell in every_run.items() if key not in runs or dry}
-    finished_elsewhere = {key: result for key, result in found.items() if result is not None}
+    # The report covers the whole grid: the runs not trained now (those another --only left
+    # out, or every run when dry) come in from their finished results.
+    not_trained_now = every_run if dry else {key: cell for key, cell in every_run.items() if key not in runs}
+    finished_elsewhere = {}
+    for key, cell in not_trained_now.items():
+        result = finished_result(cell, out_dir)
+        if result is not None:
+            finished_elsewhere[key] = result
     if dry:
         return finished_elsewhere
     if execute is not None:
