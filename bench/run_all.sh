@@ -9,3 +9,4 @@ PY=${PY:-.venv/bin/python}
 "$PY" bench/bench_model.py train "$@"
 "$PY" bench/bench_model.py infer "$@"
 "$PY" bench/bench_eval.py
+"$PY" bench/bench_sparse_iteration.py --eval
