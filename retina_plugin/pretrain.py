@@ -211,7 +211,7 @@ def evaluate_classifier(model, batches):
     return float(np.mean(losses)), exact / count, correct / count
 
 
-def pretrain_backbone(cfg, output, iterations=4000, batch_size=32, base_lr=0.02, seed=0,
+def pretrain_backbone(cfg, output, iterations=12000, batch_size=32, base_lr=0.02, seed=0,
                       image_size=96, eval_batches=8, progress=True, with_fpn=False):
     """
     Train cfg's backbone (its bottom-up ResNet) on the pretraining task and write its weights

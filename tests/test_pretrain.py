@@ -49,7 +49,7 @@ def test_batches_are_seeded_and_drawn_apart_from_every_builtin_split():
 def test_pretraining_writes_the_file_the_config_names_once(datasets):
     cfg = get_retina_cfg(SPARSE)
     path = pretrained_path(cfg.MODEL.WEIGHTS)
-    assert path == str(datasets / "pretrained" / "basic_r18_w32_shapes80.pth")
+    assert path == str(datasets / "pretrained" / "basic_r18_w32_shapes80_12k.pth")
     assert make_pretrained() == 0
     saved = torch.load(path, map_location="cpu", weights_only=True)
     assert saved["pretraining"]["iterations"] == 2 and saved["pretraining"]["seed"] == 0
@@ -120,7 +120,7 @@ def test_a_missing_pretrained_backbone_names_the_command_that_makes_it(tmp_path)
 @pytest.mark.slow
 def test_sparse_config_with_the_pretrained_backbone_trains_two_iterations(tmp_path, datasets):
     make_pretrained()
-    pretrained = torch.load(pretrained_path("retina_pretrained://basic_r18_w32_shapes80.pth"), weights_only=True)["model"]
+    pretrained = torch.load(pretrained_path("retina_pretrained://basic_r18_w32_shapes80_12k.pth"), weights_only=True)["model"]
     data = write_own_dataset(tmp_path / "mine", num_categories=3)
     out = tmp_path / "run"
     run_train_net(
@@ -140,7 +140,7 @@ def test_sparse_config_with_the_pretrained_backbone_trains_two_iterations(tmp_pa
     assert torch.equal(trained[key], pretrained[key])
     # The log names the file made here (before the repository's copy) and its SHA-256, which
     # the ablation runner keeps with a run's result.
-    made = pretrained_path("retina_pretrained://basic_r18_w32_shapes80.pth")
+    made = pretrained_path("retina_pretrained://basic_r18_w32_shapes80_12k.pth")
     found = PRETRAINED_BACKBONE.search((out / "log.txt").read_text())
     assert found and found.group(1) == file_sha256(made) and f" is {made} " in found.group(0)
 

@@ -29,7 +29,7 @@ def main(argv=None):
     parser.add_argument("--config-file", required=True, help="the detection config whose backbone to pretrain")
     parser.add_argument("--output", default=None,
                         help="the weights file (default: the file the config's MODEL.WEIGHTS names)")
-    parser.add_argument("--iterations", type=int, default=4000)
+    parser.add_argument("--iterations", type=int, default=12000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=0.02)
     parser.add_argument("--seed", type=int, default=0)
