@@ -32,7 +32,9 @@ from detectron2.modeling import build_model
 from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
 
-from retina_plugin.checkpoint import CheckpointError, RandomStates, SafeDetectionCheckpointer, resume_mismatch
+from retina_plugin.checkpoint import (
+    CheckpointError, RandomStates, SafeDetectionCheckpointer, resume_mismatch, write_checkpoints_after_evaluation,
+)
 from retina_plugin.data import CheckedDatasetMapper, DatasetError, register_coco_dataset
 from retina_plugin.config import changed_keys
 from retina_plugin.data.custom import check_datasets_present, explained_empty_training_set, take_dataset_classes
@@ -69,10 +71,11 @@ class Trainer(DefaultTrainer):
         if isinstance(old.model, retina_plugin.FocalRetinaNet):
             # Saved with the weights, the optimizer and the scheduler: --resume continues it.
             self.checkpointer.checkpointables["loss_normalizer"] = old.model.normalizer_checkpointable()
-        # And the random states the augmentation draws from: a resumed run draws what it would have.
-        self.checkpointer.checkpointables["random_states"] = RandomStates()
+        # And the random states the augmentation draws from: a resumed run draws what it would
+        # have, from checkpoints written after the iteration's evaluation (which draws too).
+        self.checkpointer.checkpointables["random_states"] = RandomStates(after_evaluation=True)
         # Last, after the writers: a preempted run's metrics are flushed by their after_train.
-        return super().build_hooks() + [PreemptionCheckpointer(self.checkpointer)]
+        return write_checkpoints_after_evaluation(super().build_hooks()) + [PreemptionCheckpointer(self.checkpointer)]
 
     def train(self):
         try:

@@ -167,7 +167,14 @@ class RandomStates:
     run draws the augmentation (detectron2's transforms use NumPy's) of an uninterrupted one.
     Stored as tensors and plain numbers: torch.load's weights-only mode reads them. One
     process's states: with several, the other processes take the main one's.
+
+    `after_evaluation`: the trainer writes its checkpoints after the iteration's evaluation
+    (write_checkpoints_after_evaluation), and the saved states say so: an evaluation draws from
+    NumPy's state too, so only then are they the states the next iteration draws from.
     """
+
+    def __init__(self, after_evaluation=False):
+        self.after_evaluation = after_evaluation
 
     def state_dict(self):
         version, python_state, gauss = random.getstate()
@@ -176,6 +183,7 @@ class RandomStates:
             "python": [version, torch.tensor(python_state, dtype=torch.int64), gauss],
             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
             "torch": torch.get_rng_state(),
+            "after_evaluation": self.after_evaluation,
         }
         if torch.cuda.is_available():
             state["cuda"] = torch.cuda.get_rng_state_all()
@@ -189,6 +197,26 @@ class RandomStates:
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def write_checkpoints_after_evaluation(hook_list):
+    """
+    `hook_list` with its PeriodicCheckpointer moved after its EvalHook. detectron2 checkpoints
+    first, to keep a checkpoint should the evaluation fail; but the evaluation draws from NumPy's
+    random state (the test mapper's ResizeShortestEdge picks its size with np.random.choice),
+    so a checkpoint written before it holds a state the uninterrupted run has moved past, and a
+    run resumed from it flips other images than the uninterrupted run from there on. Written
+    after it, the checkpoint resumes exactly; a failed evaluation loses one checkpoint period.
+    """
+    from detectron2.engine import hooks
+
+    checkpointers = [h for h in hook_list if isinstance(h, hooks.PeriodicCheckpointer)]
+    evaluations = [i for i, h in enumerate(hook_list) if isinstance(h, hooks.EvalHook)]
+    if not checkpointers or not evaluations:
+        return list(hook_list)
+    reordered = [h for h in hook_list if h not in checkpointers]
+    last_evaluation = max(i for i, h in enumerate(reordered) if isinstance(h, hooks.EvalHook))
+    return reordered[: last_evaluation + 1] + checkpointers + reordered[last_evaluation + 1:]
 
 
 def resume_mismatch(model, save_dir) -> Optional[str]:

@@ -159,7 +159,7 @@ def train_lazy(cfg, resume, create_ddp_model):
         train_loader = instantiate_resumable_train_loader(cfg.dataloader.train)
     ddp_model = create_ddp_model(model, **cfg.train.ddp)
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(ddp_model, train_loader, optimizer)
-    checkpointables = {"trainer": trainer, "random_states": RandomStates()}
+    checkpointables = {"trainer": trainer, "random_states": RandomStates(after_evaluation=True)}
     if hasattr(model, "normalizer_checkpointable"):
         checkpointables["loss_normalizer"] = model.normalizer_checkpointable()
     checkpointer = SafeDetectionCheckpointer(model, cfg.train.output_dir, **checkpointables)
@@ -168,8 +168,10 @@ def train_lazy(cfg, resume, create_ddp_model):
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None,
+            # The checkpoint after the evaluation, which draws from NumPy's random state too
+            # (checkpoint.write_checkpoints_after_evaluation): a resumed run continues exactly.
             hooks.EvalHook(cfg.train.eval_period, lambda: evaluate_lazy(cfg, model)),
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None,
             hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
             if main
             else None,

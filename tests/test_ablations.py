@@ -134,7 +134,7 @@ def test_runner_trains_cells_reports_divergence_and_resumes(tmp_path, monkeypatc
 
 def test_the_schedule_check_matches_sparse_yaml_and_headline():
     from retina_plugin.ablations.grids import PAPER_SETUP_ITERATIONS, PAPER_SETUP_LR, step_schedule
-    from retina_plugin.ablations.runner import resolved_config
+    from retina_plugin.ablations.configs import resolved_config
 
     sparse = os.path.join(REPO, "configs", "sparse.yaml")
     cfg = resolved_config(sparse)
@@ -323,7 +323,7 @@ def test_progress_names_running_runs_their_iteration_and_an_eta(tmp_path):
 
 
 def test_a_run_with_the_same_resolved_config_is_reused_not_retrained(tmp_path):
-    from retina_plugin.ablations.runner import resolved_config
+    from retina_plugin.ablations.configs import resolved_config
 
     config = os.path.join(REPO, "configs", "quickstart.yaml")
     cell = Cell("FL", (("MODEL.RETINANET.FOCAL_LOSS_GAMMA", 2.0), ("SEED", 0)))
@@ -370,7 +370,7 @@ def test_a_finished_run_without_its_config_is_not_reused_and_the_log_says_why(tm
     import json
     import unittest.mock
 
-    from retina_plugin.ablations.runner import resolved_config
+    from retina_plugin.ablations.configs import resolved_config
 
     config = os.path.join(REPO, "configs", "quickstart.yaml")
     cell = Cell("FL", (("MODEL.RETINANET.FOCAL_LOSS_GAMMA", 2.0), ("SEED", 0)))

@@ -63,13 +63,15 @@ def six_images_dataset(tmp_path_factory):
     return registered_shapes(tmp_path_factory, "resume_six_images", 6, (3, 6), (1, 2))
 
 
-def one_image_args(train_net, out, *extra, dataset="resume_one_image", batch=1):
-    """train_net arguments: the quickstart model on `dataset` (default the one-image set), batch 1."""
+def one_image_args(train_net, out, *extra, dataset="resume_one_image", batch=1, evaluate=False):
+    """train_net arguments: the quickstart model on `dataset` (default the one-image set), batch 1;
+    with `evaluate`, evaluated on `dataset` every 4 iterations."""
+    test = ("DATASETS.TEST", f'("{dataset}",)', "TEST.EVAL_PERIOD", "4") if evaluate else ("DATASETS.TEST", "()")
     return train_net.argument_parser().parse_args(
         [
             "--config-file", os.path.join(REPO, "configs", "quickstart.yaml"), *extra,
             "SEED", "0", "OUTPUT_DIR", str(out), "SOLVER.IMS_PER_BATCH", str(batch),
-            "DATASETS.TRAIN", f'("{dataset}",)', "DATASETS.TEST", "()",
+            "DATASETS.TRAIN", f'("{dataset}",)', *test,
             "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "96",
         ]
     )
@@ -96,10 +98,16 @@ class RecordLosses(HookBase):
 SHUFFLED = dict(dataset="resume_six_images", batch=2, flip=True)
 
 
-def train(train_net, out, resume=False, crash_after=None, dataset="resume_one_image", batch=1, flip=False):
+def train(train_net, out, resume=False, crash_after=None, dataset="resume_one_image", batch=1, flip=False,
+          evaluate=False, overrides=(), before_training=None):
+    """Train with SCHEDULE and `overrides`; `before_training(cfg)` runs once the config is set up."""
     flips = ("INPUT.RANDOM_FLIP", "horizontal") if flip else ()
-    args = one_image_args(train_net, out, *(["--resume"] if resume else []), *SCHEDULE, *flips, dataset=dataset, batch=batch)
-    trainer = train_net.Trainer(train_net.setup(args))
+    args = one_image_args(train_net, out, *(["--resume"] if resume else []), *SCHEDULE, *flips, *overrides,
+                          dataset=dataset, batch=batch, evaluate=evaluate)
+    cfg = train_net.setup(args)
+    if before_training is not None:
+        before_training(cfg)
+    trainer = train_net.Trainer(cfg)
     trainer.register_hooks([RecordLosses()])
     if crash_after is not None:
         trainer.register_hooks([CrashAfter(crash_after)])
@@ -125,6 +133,24 @@ def test_resumed_run_ends_where_an_uninterrupted_run_ends_on_shuffled_flipped_ba
     assert resumed.losses == pytest.approx({i: straight.losses[i] for i in range(3, 6)})
 
     assert resumed.model.loss_normalizer_ema == pytest.approx(straight.model.loss_normalizer_ema)
+    for key, value in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, msg=key)
+
+
+def test_a_run_resumed_from_an_evaluations_checkpoint_ends_where_an_uninterrupted_run_ends(six_images_dataset, tmp_path):
+    # The evaluation at iteration 3 draws from NumPy's random state (the test resize picks its
+    # size with it): a checkpoint written before it would resume with other flips after it.
+    train_net = load_train_net()
+    # 12 flips after the resume: other random draws would flip another image almost surely.
+    every_4 = ("SOLVER.CHECKPOINT_PERIOD", "4", "SOLVER.MAX_ITER", "10")
+    straight = train(train_net, tmp_path / "straight", evaluate=True, overrides=every_4, **SHUFFLED)
+    interrupted = tmp_path / "interrupted"
+    train(train_net, interrupted, crash_after=4, evaluate=True, overrides=every_4, **SHUFFLED)
+    saved = torch.load(interrupted / "model_0000003.pth", map_location="cpu", weights_only=True)
+    assert saved["random_states"]["after_evaluation"] is True
+    resumed = train(train_net, interrupted, resume=True, evaluate=True, overrides=every_4, **SHUFFLED)
+    assert resumed.start_iter == 4
+    assert resumed.losses == pytest.approx({i: straight.losses[i] for i in range(4, 10)})
     for key, value in straight.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[key], value, msg=key)
 

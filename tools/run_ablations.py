@@ -35,7 +35,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from retina_plugin.ablations import GRIDS, run_grids, write_reports  # noqa: E402
-from retina_plugin.ablations.runner import StaleRunError, resolved_config  # noqa: E402
+from retina_plugin.ablations.configs import resolved_config  # noqa: E402
+from retina_plugin.ablations.runner import StaleRunError  # noqa: E402
 from retina_plugin.ablations.slurm import SlurmOptions, run_on_slurm  # noqa: E402
 
 

@@ -79,6 +79,7 @@ def write_reports(names, results, out_dir, title_note="", seeds=None):
                 row["background_share"] = "" if result is None or result.background_share is None else result.background_share
                 row["reused_from"] = (result.reused_from or "") if result is not None else ""
                 row["backbone_sha256"] = (result.backbone_sha256 or "") if result is not None else ""
+                row["shared_prefix_from"] = (result.shared_prefix_from or "") if result is not None else ""
                 rows.append(row)
         md.append("")
         reused = [r for r in rows if r["grid"] == name and r["reused_from"]]
@@ -87,6 +88,13 @@ def write_reports(names, results, out_dir, title_note="", seeds=None):
                       "(`--reuse-from`): " + "; ".join(
                           f"{r['cell']}" + (f" seed {r['seed']}" if r["seed"] != "" else "") + f" is `{r['reused_from']}`"
                           for r in reused) + ".\n")
+        forked = [r for r in rows if r["grid"] == name and r["shared_prefix_from"]]
+        if forked:
+            md.append("Runs that started from a checkpoint of a run of another schedule, whose first "
+                      "iterations had the same config and learning rate (the same iterations: "
+                      "retina_plugin/ablations/prefix.py): " + "; ".join(
+                          f"{r['cell']}" + (f" seed {r['seed']}" if r["seed"] != "" else "") + f" took `{r['shared_prefix_from']}`"
+                          for r in forked) + ".\n")
         backbones = sorted({r["backbone_sha256"] for r in rows if r["grid"] == name and r["backbone_sha256"]})
         if len(backbones) > 1:
             # Another machine's pretraining makes another backbone: such runs do not compare.

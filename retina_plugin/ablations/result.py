@@ -27,6 +27,9 @@ class Result:
     background_share: Optional[float] = None
     # The SHA-256 (16 hex digits) of the pretrained backbone the run started from, if any.
     backbone_sha256: Optional[str] = None
+    # '<run>, iterations 0-k': the run of another schedule whose checkpoint this one started from
+    # (prefix.py: up to k both had the same config and learning rate, so the same iterations).
+    shared_prefix_from: Optional[str] = None
 
     def __post_init__(self):
         self.curve = [tuple(point) for point in self.curve]

@@ -7,7 +7,6 @@ which iteration, and when all should be done. With `reuse_from`, a run whose res
 equals a finished run of another output directory takes that run's result instead of training
 again (the imbalance sweep's retina_sparse point is the paper-regime headline's runs).
 """
-import functools
 import json
 import os
 import re
@@ -20,7 +19,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional, Sequence
 
+from .configs import config_differences
 from .grids import GRIDS, METRICS, Cell
+from .prefix import run_dirs, shared_prefix_of, start_from_shared_prefix
 from .result import Result, format_ap
 
 
@@ -118,7 +119,8 @@ def run_cell(cell: Cell, out_dir, base_args: List[str], extra_opts: List[str], t
     share = median_of(records, "cls_loss_background_share")
     if returncode == 0 and metrics:
         result = Result("ok", metrics, curve=curve, neg_pairs_per_pos=ratio, seconds=seconds,
-                        background_share=share, backbone_sha256=backbone)
+                        background_share=share, backbone_sha256=backbone,
+                        shared_prefix_from=shared_prefix_of(directory))
     elif diverged:
         result = Result("diverged", iteration=int(diverged.group(1)), curve=curve,
                         neg_pairs_per_pos=ratio, seconds=seconds, background_share=share,
@@ -131,24 +133,6 @@ def run_cell(cell: Cell, out_dir, base_args: List[str], extra_opts: List[str], t
     return result
 
 
-# Where a run happens, not what it trains: a CPU fallback rewrites MODEL.DEVICE in config.yaml.
-NOT_PART_OF_THE_RUN = ("OUTPUT_DIR", "MODEL.DEVICE")
-
-
-def resolved_config(config_file, extra_configs=(), opts=(), datasets=()):
-    """The config train_net.py resolves from a config file, extra configs, KEY VALUE opts and
-    --dataset (name, json file, image root) triples (whose class count it takes, as train_net.py)."""
-    from ..config import get_retina_cfg, merge_config_file, merge_config_list
-    from ..data.custom import read_coco_categories, take_dataset_classes
-
-    cfg = get_retina_cfg(config_file)
-    for path in extra_configs:
-        merge_config_file(cfg, path)
-    merge_config_list(cfg, list(opts))
-    own = {name: read_coco_categories(json_file, image_root) for name, json_file, image_root in datasets}
-    return take_dataset_classes(cfg, own, opts)
-
-
 def finished_runs(directories: Sequence[str]) -> List[str]:
     """The cell directories under `directories` (each an ablation OUTPUT_DIR) that finished."""
     found = []
@@ -159,34 +143,6 @@ def finished_runs(directories: Sequence[str]) -> List[str]:
             if os.path.isfile(os.path.join(run, "result.json")):
                 found.append(run)
     return found
-
-
-@functools.lru_cache(maxsize=1)
-def _default_keys() -> Dict[str, object]:
-    """{flat key: default} of detectron2's config with the plugin's keys."""
-    import yaml
-    from detectron2.config import get_cfg
-
-    from ..config import _flatten, add_retina_config
-
-    return _flatten(yaml.safe_load(add_retina_config(get_cfg()).dump()))
-
-
-def config_differences(config_file, cfg) -> List[str]:
-    """The keys whose values differ between a run's config.yaml and `cfg`. A key the plugin
-    added after that run (absent from its file) counts only if `cfg` moves it off its default."""
-    import yaml
-
-    from ..config import _flatten
-
-    with open(config_file) as f:
-        old = _flatten(yaml.safe_load(f) or {})
-    new = _flatten(yaml.safe_load(cfg.dump()))
-    defaults = _default_keys()
-    return [
-        key for key, value in new.items()
-        if key not in NOT_PART_OF_THE_RUN and old.get(key, defaults.get(key)) != value
-    ]
 
 
 class StaleRunError(ValueError):
@@ -370,6 +326,12 @@ def run_grids(names, out_dir, base_args, extra_opts=(), jobs=1, log=print, dry=F
 
     def one(cell):
         trained = finished_result(cell, out_dir) is None
+        if trained and config_of is not None:
+            # A sibling that differs only in its schedule (the schedule grid's 3000 beside 6000
+            # iterations) has trained this run's first iterations: start from there (prefix.py).
+            started = start_from_shared_prefix(cell_dir(cell, out_dir), config_of(cell), run_dirs([out_dir, *others]), out_dir)
+            if started:
+                log(f"{cell.label}, seed {dict(cell.overrides).get('SEED', '-')}: {started}")
         progress.started(cell)
         result = run_cell(cell, out_dir, base_args, list(extra_opts), threads if jobs > 1 else None)
         progress.finished(cell, result, trained)

@@ -1,0 +1,190 @@
+"""
+Runs that differ only in their learning-rate schedule share their first iterations.
+
+With the same config, seed and data, SOLVER.MAX_ITER and SOLVER.STEPS change nothing until the
+learning rate of one run first differs from the other's: up to there both runs train the same
+batches with the same learning rate, and write the same checkpoints. The schedule grid trains
+each cell at 3000 iterations beside 6000 (and 6000 beside 12000): the longer run's first 2500
+iterations are the shorter run's. So a run starts from a checkpoint of such a sibling inside
+the shared prefix, rewritten into the checkpoint the run itself would have written there, and
+the plugin's exact resume (data order, random states, loss normaliser) continues it as an
+uninterrupted run. tests/test_prefix.py trains a run both ways and compares the weights.
+
+What a checkpoint holds that depends on the schedule is the learning rate the optimizer will
+use next: detectron2's LRScheduler hook steps after each iteration, so the checkpoint written
+after iteration k carries the rate of iteration k + 1 (for a 3000-iteration run at k = 2499,
+already divided by 10). That one value is recomputed from this run's schedule.
+"""
+import json
+import os
+import re
+import warnings
+from typing import List, Optional, Sequence, Tuple
+
+from .configs import config_differences
+
+# Keys that shape the learning rate over the iterations and nothing else.
+SCHEDULE_KEYS = frozenset(
+    f"SOLVER.{key}" for key in (
+        "MAX_ITER", "STEPS", "GAMMA", "WARMUP_FACTOR", "WARMUP_ITERS", "WARMUP_METHOD",
+        "LR_SCHEDULER_NAME", "BASE_LR_END", "NUM_DECAYS", "RESCALE_INTERVAL",
+    )
+)
+CHECKPOINT = re.compile(r"model_(\d{7})\.pth$")
+# Written into a run's directory when it starts from another run's checkpoint; the runner puts it
+# into the run's Result, the report says it.
+PREFIX_FILE = "shared_prefix.json"
+
+
+def lr_multipliers(cfg, iterations: int) -> List[float]:
+    """The learning-rate multiplier of iterations 0 .. iterations - 1 under `cfg`'s schedule,
+    from detectron2's own scheduler (the trainer's), stepped as its LRScheduler hook steps it."""
+    import torch
+    from detectron2.solver import build_lr_scheduler
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = build_lr_scheduler(cfg, optimizer)
+    multipliers = []
+    with warnings.catch_warnings():  # stepped without optimizer.step(): nothing is trained here
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(iterations):
+            multipliers.append(optimizer.param_groups[0]["lr"])
+            scheduler.step()
+    return multipliers
+
+
+def checkpoints(run_dir) -> List[Tuple[int, str]]:
+    """[(iteration, path)] of the periodic checkpoints in a run's directory, in order."""
+    found = []
+    for name in os.listdir(run_dir) if os.path.isdir(run_dir) else ():
+        match = CHECKPOINT.match(name)
+        if match:
+            found.append((int(match.group(1)), os.path.join(run_dir, name)))
+    return sorted(found)
+
+
+def run_dirs(output_dirs: Sequence[str]) -> List[str]:
+    """The run directories (cells/<key>) under ablation output directories."""
+    found = []
+    for output_dir in output_dirs:
+        cells = os.path.join(output_dir, "cells")
+        found += [os.path.join(cells, name) for name in sorted(os.listdir(cells))] if os.path.isdir(cells) else []
+    return found
+
+
+def _with_schedule_of(cfg, config_file, keys):
+    """`cfg` with the values of the schedule `keys` taken from another run's config.yaml."""
+    import yaml
+
+    from ..config import _flatten
+
+    with open(config_file) as f:
+        theirs = _flatten(yaml.safe_load(f) or {})
+    other = cfg.clone()
+    other.defrost()
+    other.merge_from_list([item for key in keys for item in (key, theirs[key])])
+    return other
+
+
+def shared_checkpoint(cfg, run_dirs: Sequence[str]) -> Optional[Tuple[str, int, str]]:
+    """(run directory, iteration k, checkpoint path): the latest checkpoint of a run in
+    `run_dirs` whose config differs from `cfg` only in schedule keys and whose learning rate
+    equalled `cfg`'s through iteration k, so that iterations 0 .. k are this run's; or None."""
+    max_iter = cfg.SOLVER.MAX_ITER
+    ours = None
+    best = None
+    for run in run_dirs:
+        config_file = os.path.join(run, "config.yaml")
+        saved = checkpoints(run)
+        if not saved or not os.path.isfile(config_file):
+            continue
+        keys = config_differences(config_file, cfg)
+        # No difference: the same run, which --reuse-from takes whole, not a prefix of it.
+        if not keys or not set(keys) <= SCHEDULE_KEYS:
+            continue
+        ours = ours or lr_multipliers(cfg, max_iter)
+        their_cfg = _with_schedule_of(cfg, config_file, keys)
+        theirs = lr_multipliers(their_cfg, max_iter)
+        shared = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), max_iter)
+        # Iteration k's checkpoint is this run's if iterations 0 .. k had the same rate; it
+        # must leave iterations to train.
+        usable = [(k, path) for k, path in saved if k < shared and k < max_iter - 1]
+        for k, path in reversed(usable):
+            if best is not None and k <= best[1]:
+                break
+            if _holds_the_next_random_state(path, k, cfg.TEST.EVAL_PERIOD, their_cfg.SOLVER.MAX_ITER):
+                best = (run, k, path)
+                break
+    return best
+
+
+def _holds_the_next_random_state(path, iteration, eval_period, max_iter) -> bool:
+    """Whether the checkpoint after `iteration` holds the random states iteration + 1 draws
+    from: no evaluation ran at that iteration, or the checkpoint was written after it (an older
+    trainer wrote it before: checkpoint.write_checkpoints_after_evaluation)."""
+    import torch
+
+    evaluated = eval_period > 0 and ((iteration + 1) % eval_period == 0 or iteration == max_iter - 1)
+    if not evaluated:
+        return True
+    states = torch.load(path, map_location="cpu", weights_only=True).get("random_states", {})
+    return bool(states.get("after_evaluation", False))
+
+
+def start_from_shared_prefix(directory, cfg, run_dirs: Sequence[str], out_dir) -> Optional[str]:
+    """
+    Before a run trains in `directory` (no checkpoint there yet): if a run in `run_dirs` shares
+    its first iterations (shared_checkpoint), write that checkpoint there as this run's own,
+    with the metrics of those iterations, so that train_net.py --resume continues from it.
+    Returns a line for the log, or None when nothing is shared.
+    """
+    import torch
+
+    if os.path.isfile(os.path.join(directory, "last_checkpoint")):
+        return None  # the run's own checkpoint: it resumes from that
+    found = shared_checkpoint(cfg, run_dirs)
+    if found is None:
+        return None
+    run, iteration, path = found
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        base_lrs = state["trainer"]["hooks"]["LRScheduler"]["base_lrs"]
+        groups = state["trainer"]["_trainer"]["optimizer"]["param_groups"]
+    except (KeyError, TypeError):
+        return None  # not a checkpoint of detectron2's DefaultTrainer: train from the start
+    # The rate of the next iteration, as LRMultiplier.get_lr computes it: base_lr * multiplier.
+    multiplier = lr_multipliers(cfg, iteration + 2)[iteration + 1]
+    for group, base_lr in zip(groups, base_lrs):
+        group["lr"] = base_lr * multiplier
+    os.makedirs(directory, exist_ok=True)
+    name = os.path.basename(path)
+    torch.save(state, os.path.join(directory, name + ".partial"))
+    os.replace(os.path.join(directory, name + ".partial"), os.path.join(directory, name))
+    with open(os.path.join(run, "metrics.json")) as f:
+        records = [line for line in f if _iteration_of(line) is not None and _iteration_of(line) <= iteration]
+    with open(os.path.join(directory, "metrics.json"), "w") as f:
+        f.writelines(records)
+    source = os.path.relpath(run, out_dir)
+    with open(os.path.join(directory, PREFIX_FILE), "w") as f:
+        json.dump({"from": source, "iteration": iteration}, f)
+    with open(os.path.join(directory, "last_checkpoint"), "w") as f:
+        f.write(name)
+    return (f"iterations 0 to {iteration} are those of {source} (the same config and learning rate "
+            f"until then): starts from its checkpoint {name}")
+
+
+def _iteration_of(line) -> Optional[int]:
+    try:
+        return int(json.loads(line)["iteration"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def shared_prefix_of(directory) -> Optional[str]:
+    """'<run>, iterations 0-k' if the run in `directory` started from another run's checkpoint."""
+    path = os.path.join(directory, PREFIX_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        prefix = json.load(f)
+    return f"{prefix['from']}, iterations 0-{prefix['iteration']}"
