@@ -15,6 +15,8 @@ Each cell is one train_net.py run in OUTPUT_DIR/cells/<its overrides>; with --se
 stopped; a progress line every minute names the runs in progress and an ETA. A cell whose loss became NaN or infinite is reported as "diverged at iteration N".
 Writes results.md, results.csv and, for table1a and table1b, AP plots beside the paper's numbers.
 --only TEXT trains just the cells whose label contains TEXT (the report lists them all).
+A run that differs from another run (here or in --reuse-from) only in its schedule starts from
+that run's checkpoint inside the iterations both share (retina_plugin/ablations/prefix.py).
 Trailing KEY VALUE pairs (the schedule, a data set) go to every cell; --dataset and
 --extra-config are passed through to train_net.py.
 
