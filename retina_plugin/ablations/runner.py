@@ -314,7 +314,19 @@ def run_grids(names, out_dir, base_args, extra_opts=(), jobs=1, log=print, dry=F
             finished_elsewhere[key] = result
     if dry:
         return finished_elsewhere
-    if execute is not None:
+
+    def start_from_a_sibling(cell):
+        # A sibling that differs only in its schedule (the schedule grid's 3000 beside 6000
+        # iterations) has trained this run's first iterations: start from there (prefix.py).
+        if config_of is None or finished_result(cell, out_dir) is not None:
+            return
+        started = start_from_shared_prefix(cell_dir(cell, out_dir), config_of(cell), run_dirs([out_dir, *others]), out_dir)
+        if started:
+            log(f"{cell.label}, seed {dict(cell.overrides).get('SEED', '-')}: {started}")
+
+    if execute is not None:  # from the siblings finished by now: the jobs run at once
+        for cell in runs.values():
+            start_from_a_sibling(cell)
         return {**finished_elsewhere, **execute(runs)}
     threads = max(1, (os.cpu_count() or 1) // jobs)
     progress = Progress(runs, out_dir, jobs, max_iter, log)
@@ -326,12 +338,7 @@ def run_grids(names, out_dir, base_args, extra_opts=(), jobs=1, log=print, dry=F
 
     def one(cell):
         trained = finished_result(cell, out_dir) is None
-        if trained and config_of is not None:
-            # A sibling that differs only in its schedule (the schedule grid's 3000 beside 6000
-            # iterations) has trained this run's first iterations: start from there (prefix.py).
-            started = start_from_shared_prefix(cell_dir(cell, out_dir), config_of(cell), run_dirs([out_dir, *others]), out_dir)
-            if started:
-                log(f"{cell.label}, seed {dict(cell.overrides).get('SEED', '-')}: {started}")
+        start_from_a_sibling(cell)  # at its turn: a sibling trained beside it has checkpoints by then
         progress.started(cell)
         result = run_cell(cell, out_dir, base_args, list(extra_opts), threads if jobs > 1 else None)
         progress.finished(cell, result, trained)
