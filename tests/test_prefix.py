@@ -50,6 +50,10 @@ def test_only_a_run_that_differs_in_its_schedule_shares_a_checkpoint_inside_the_
     # Iteration 2499's checkpoint: iterations 0 .. 2499 had the same rate; 2500 is divided by 10 here only.
     assert shared_checkpoint(cfg, [other_loss, other_lr, same, longer]) == (longer, 2499, os.path.join(longer, "model_0002499.pth"))
     assert shared_checkpoint(cfg, [other_loss, other_lr, same]) is None
+    # The other way round: twice the schedule from this one's checkpoints, up to 4999 shared.
+    twice = resolved_config(SPARSE, (), schedule(12000, (10000, 11200)))
+    longer_twice = fake_run(tmp_path / "twice", resolved_config(SPARSE, (), schedule(6000, (5000, 5600))), every_500)
+    assert shared_checkpoint(twice, [longer_twice])[1] == 4999
     # A checkpoint written before its iteration's evaluation (an older trainer) holds a random
     # state the run had moved past: not this run's. Without an evaluation there, it is.
     before = fake_run(tmp_path / "before", resolved_config(SPARSE, (), schedule(6000, (5000, 5600))), every_500, after_evaluation=False)

@@ -104,8 +104,9 @@ def shared_checkpoint(cfg, run_dirs: Sequence[str]) -> Optional[Tuple[str, int, 
             continue
         ours = ours or lr_multipliers(cfg, max_iter)
         their_cfg = _with_schedule_of(cfg, config_file, keys)
-        theirs = lr_multipliers(their_cfg, max_iter)
-        shared = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), max_iter)
+        # Up to the shorter schedule's end: detectron2's scheduler ends with its run.
+        theirs = lr_multipliers(their_cfg, min(max_iter, their_cfg.SOLVER.MAX_ITER))
+        shared = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), len(theirs))
         # Iteration k's checkpoint is this run's if iterations 0 .. k had the same rate; it
         # must leave iterations to train.
         usable = [(k, path) for k, path in saved if k < shared and k < max_iter - 1]
