@@ -63,7 +63,7 @@ def checkpoints(run_dir) -> List[Tuple[int, str]]:
     return sorted(found)
 
 
-def run_dirs(output_dirs: Sequence[str]) -> List[str]:
+def cell_dirs_under(output_dirs: Sequence[str]) -> List[str]:
     """The run directories (cells/<key>) under ablation output directories."""
     found = []
     for output_dir in output_dirs:

@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from .configs import config_differences
 from .grids import GRIDS, METRICS, Cell
-from .prefix import run_dirs, shared_prefix_of, start_from_shared_prefix
+from .prefix import cell_dirs_under, shared_prefix_of, start_from_shared_prefix
 from .result import Result, format_ap
 
 
@@ -320,7 +320,7 @@ def run_grids(names, out_dir, base_args, extra_opts=(), jobs=1, log=print, dry=F
         # iterations) has trained this run's first iterations: start from there (prefix.py).
         if config_of is None or finished_result(cell, out_dir) is not None:
             return
-        started = start_from_shared_prefix(cell_dir(cell, out_dir), config_of(cell), run_dirs([out_dir, *others]), out_dir)
+        started = start_from_shared_prefix(cell_dir(cell, out_dir), config_of(cell), cell_dirs_under([out_dir, *others]), out_dir)
         if started:
             log(f"{cell.label}, seed {dict(cell.overrides).get('SEED', '-')}: {started}")
 
