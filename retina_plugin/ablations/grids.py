@@ -120,7 +120,7 @@ def step_schedule(max_iter):
 # it, longest first (they take longest; the table pairs them).
 PAPER_SETUP_LR = 0.02
 PAPER_SETUP_ITERATIONS = 3000
-SCHEDULE_CHECK = (12000, 6000, 3000)
+SCHEDULE_CHECK = (24000, 12000, 6000, 3000)
 
 
 def with_overrides(cell: Cell, label_suffix: str, *overrides, max_seeds=None, **params) -> Cell:
