@@ -133,18 +133,20 @@ def test_runner_trains_cells_reports_divergence_and_resumes(tmp_path, monkeypatc
 
 
 def test_the_schedule_check_matches_sparse_yaml_and_headline():
-    from retina_plugin.ablations.grids import PAPER_SETUP_ITERATIONS, PAPER_SETUP_LR, step_schedule
+    from retina_plugin.ablations.grids import PAPER_SETUP_ITERATIONS, PAPER_SETUP_LR, PAPER_SETUP_STEPS, step_schedule
     from retina_plugin.ablations.configs import resolved_config
 
     sparse = os.path.join(REPO, "configs", "sparse.yaml")
     cfg = resolved_config(sparse)
     assert cfg.SOLVER.BASE_LR == PAPER_SETUP_LR
-    assert (("SOLVER.MAX_ITER", cfg.SOLVER.MAX_ITER), ("SOLVER.STEPS", tuple(cfg.SOLVER.STEPS))) == step_schedule(PAPER_SETUP_ITERATIONS)
+    assert (("SOLVER.MAX_ITER", cfg.SOLVER.MAX_ITER), ("SOLVER.STEPS", tuple(cfg.SOLVER.STEPS))) == step_schedule(PAPER_SETUP_ITERATIONS, PAPER_SETUP_STEPS)
     # Every schedule cell names its lr and iterations; those at the config's are headline's
     # balanced CE and FL without clipping, run for run (so --reuse-from takes them).
     schedule = GRIDS["schedule"].cells
     assert all("solver_base_lr=" in c.key and "solver_max_iter=" in c.key for c in schedule)
-    at_config = [c for c in schedule if dict(c.params)["lr"] == PAPER_SETUP_LR and dict(c.params)["iterations"] == PAPER_SETUP_ITERATIONS]
+    first_step = PAPER_SETUP_STEPS[0][0] / PAPER_SETUP_STEPS[0][1]
+    at_config = [c for c in schedule if (dict(c.params)["lr"], dict(c.params)["iterations"], dict(c.params)["first_step"])
+                 == (PAPER_SETUP_LR, PAPER_SETUP_ITERATIONS, first_step)]
     headline = [c for c in GRIDS["headline"].cells if c.label.startswith(("balanced CE", "FL")) and "no clipping" in c.label]
     assert len(at_config) == len(headline) == 2
 
@@ -154,23 +156,31 @@ def test_the_schedule_check_matches_sparse_yaml_and_headline():
         return run.dump()
 
     assert [dump(c) for c in at_config] == [dump(c) for c in headline]
-    twice = [c for c in schedule if dict(c.params)["iterations"] == 2 * PAPER_SETUP_ITERATIONS]
+    twice = [c for c in schedule if (dict(c.params)["iterations"], dict(c.params)["first_step"]) == (2 * PAPER_SETUP_ITERATIONS, first_step)]
     assert len(twice) == 2 and dump(at_config[0]) != dump(twice[0])  # another run
 
 
 def test_schedule_report_says_what_twice_the_iterations_gained(tmp_path):
-    cells = {(dict(c.params)["alpha"], dict(c.params)["lr"], dict(c.params)["iterations"]): c for c in GRIDS["schedule"].cells}
+    params = lambda c: dict(c.params)  # noqa: E731
+    cells = {(params(c)["alpha"], params(c)["iterations"], round(params(c)["first_step"], 3)): c for c in GRIDS["schedule"].cells}
     results = {}
-    # (AP, AP50) per seed; AP75 is AP - 5 (metrics_of), so its gain is the AP's.
-    for (alpha, iterations), runs in {(0.75, 3000): ((60.0, 90.0), (62.0, 91.0)), (0.75, 6000): ((61.0, 90.5), (62.5, 91.5)),
-                                      (0.25, 3000): ((65.0, 95.0), None), (0.25, 6000): ((70.0, 95.2), (71.0, 96.0))}.items():
+    # (AP, AP50) per seed; AP75 is AP - 5 (metrics_of), so its gain is the AP's. Balanced CE
+    # with the late steps, FL with the paper's: each pairs with its own placement of the steps.
+    for (alpha, iterations, first_step), runs in {
+        (0.75, 3000, 0.833): ((60.0, 90.0), (62.0, 91.0)), (0.75, 6000, 0.833): ((61.0, 90.5), (62.5, 91.5)),
+        (0.75, 6000, 0.667): ((90.0, 99.0), (90.0, 99.0)),
+        (0.25, 3000, 0.667): ((65.0, 95.0), None), (0.25, 6000, 0.667): ((70.0, 95.2), (71.0, 96.0)),
+    }.items():
         for seed, run in enumerate(runs):
             if run is not None:
                 ap, ap50 = run
-                results[cells[(alpha, 0.02, iterations)].with_seed(seed).key] = Result("ok", {**metrics_of(ap), "AP50": ap50})
+                results[cells[(alpha, iterations, first_step)].with_seed(seed).key] = Result("ok", {**metrics_of(ap), "AP50": ap50})
     md = open(write_reports(["schedule"], results, str(tmp_path), "x", seeds=2)["md"]).read()
-    assert "| balanced CE, alpha 0.75, no clipping, lr 0.02, 3000 iterations | +1.0, +0.5 | +0.8 | +0.5 | +0.8 | yes |" in md
-    assert "| FL gamma 2, alpha 0.25, no clipping, lr 0.02, 3000 iterations | +5.0, not both run | +5.0 | +0.2 | +5.0 | no (from 1 of 2 seeds) |" in md
+    assert ("| balanced CE, alpha 0.75, no clipping, lr 0.02, 3000 iterations, steps at 5/6 and 14/15 "
+            "| +1.0, +0.5 | +0.8 | +0.5 | +0.8 | yes |") in md
+    assert ("| FL gamma 2, alpha 0.25, no clipping, lr 0.02, 3000 iterations, steps at 2/3 and 8/9 (the paper's) "
+            "| +5.0, not both run | +5.0 | +0.2 | +5.0 | no (from 1 of 2 seeds) |") in md
+    assert "| balanced CE, alpha 0.75, no clipping, lr 0.02, 3000 iterations, steps at 2/3 and 8/9 (the paper's) | not both run, not both run | - |" in md
 
 
 def metrics_of(ap):

@@ -115,10 +115,12 @@ def test_the_runner_starts_a_run_from_a_sibling_of_another_schedule_and_the_repo
         return resolved_config(SPARSE, (), cell.opts())
 
     cells = {c.label: c.with_seed(0) for c in GRIDS["schedule"].cells}
-    short = cells["FL gamma 2, alpha 0.25, no clipping, lr 0.02, 3000 iterations"]
-    long = cells["FL gamma 2, alpha 0.25, no clipping, lr 0.02, 6000 iterations"]
+    short = cells["FL gamma 2, alpha 0.25, no clipping, lr 0.02, 3000 iterations, steps at 5/6 and 14/15"]
+    long = cells["FL gamma 2, alpha 0.25, no clipping, lr 0.02, 6000 iterations, steps at 5/6 and 14/15"]
+    # The paper's steps at 3000 (2000 and 2666) share iterations 0 .. 1999 with `long`.
+    papers = cells["FL gamma 2, alpha 0.25, no clipping, lr 0.02, 3000 iterations, steps at 2/3 and 8/9 (the paper's)"]
     sibling = fake_run(tmp_path / "cells" / long.key, config_of(long), [1999, 2499, 2999])
-    for k in (2499, 2999):  # as the trainer writes them: the optimizer holds the next iteration's rate
+    for k in (1999, 2499, 2999):  # as the trainer writes them: the optimizer holds the next iteration's rate
         path = os.path.join(sibling, f"model_{k:07d}.pth")
         torch.save({"random_states": {"after_evaluation": True}, "trainer": {
             "hooks": {"LRScheduler": {"base_lrs": [0.02], "last_epoch": k + 1}},
@@ -137,6 +139,7 @@ def test_the_runner_starts_a_run_from_a_sibling_of_another_schedule_and_the_repo
         results = run_grids(["schedule"], str(tmp_path), [], seeds=1, only=["3000 iterations"],
                             config_of=config_of, log=lines.append)
     assert (short.key, "model_0002499.pth") in trained
+    assert (papers.key, "model_0001999.pth") in trained
     assert any(key != short.key and start is None for key, start in trained)  # balanced CE: no sibling
     saved = torch.load(tmp_path / "cells" / short.key / "model_0002499.pth", map_location="cpu", weights_only=True)
     assert saved["trainer"]["_trainer"]["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.002)
