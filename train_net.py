@@ -26,7 +26,6 @@ import torch
 import detectron2.engine.defaults
 import detectron2.utils.comm as comm
 from detectron2.config import get_cfg
-from detectron2.data import build_detection_test_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.modeling import build_model
 from detectron2.evaluation import verify_results
@@ -35,7 +34,7 @@ from detectron2.utils.logger import setup_logger
 from retina_plugin.checkpoint import (
     CheckpointError, RandomStates, SafeDetectionCheckpointer, resume_mismatch, write_checkpoints_after_evaluation,
 )
-from retina_plugin.data import CheckedDatasetMapper, DatasetError, register_coco_dataset
+from retina_plugin.data import CheckedDatasetMapper, DatasetError, build_checked_test_loader, register_coco_dataset
 from retina_plugin.config import changed_keys
 from retina_plugin.data.custom import check_datasets_present, explained_empty_training_set, take_dataset_classes
 from retina_plugin.data.sampler import build_resumable_train_loader
@@ -110,8 +109,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        mapper = CheckedDatasetMapper(cfg, is_train=False)
-        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+        return build_checked_test_loader(cfg, dataset_name)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

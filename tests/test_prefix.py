@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from retina_plugin.ablations.configs import resolved_config
+from retina_plugin.checkpoint import RandomStates
 from retina_plugin.ablations.prefix import (
     PREFIX_FILE, lr_multipliers, shared_checkpoint, shared_prefix_of, start_from_shared_prefix,
 )
@@ -54,14 +55,22 @@ def test_only_a_run_that_differs_in_its_schedule_shares_a_checkpoint_inside_the_
     twice = resolved_config(SPARSE, (), schedule(12000, (10000, 11200)))
     longer_twice = fake_run(tmp_path / "twice", resolved_config(SPARSE, (), schedule(6000, (5000, 5600))), every_500)
     assert shared_checkpoint(twice, [longer_twice])[1] == 4999
-    # A checkpoint written before its iteration's evaluation (an older trainer) holds a random
-    # state the run had moved past: not this run's. Without an evaluation there, it is.
+    # A checkpoint written before its iteration's evaluation (an older trainer) is taken: its
+    # random states are replayed past the evaluation (the slow test below). One without random
+    # states at an evaluation's iteration is not: a run from it would draw other flips.
     before = fake_run(tmp_path / "before", resolved_config(SPARSE, (), schedule(6000, (5000, 5600))), every_500, after_evaluation=False)
-    assert shared_checkpoint(cfg, [before]) is None
+    assert shared_checkpoint(cfg, [before])[1] == 2499
+    stateless = fake_run(tmp_path / "stateless", resolved_config(SPARSE, (), schedule(6000, (5000, 5600))), every_500)
+    for k in every_500:
+        torch.save({}, os.path.join(stateless, f"model_{k:07d}.pth"))
+    assert shared_checkpoint(cfg, [stateless]) is None
+    # Without an evaluation there, its states are the next iteration's.
     no_evaluation = resolved_config(SPARSE, (), schedule(3000, (2500, 2800), "TEST.EVAL_PERIOD", "0"))
-    before_no_evaluation = fake_run(tmp_path / "no_eval", resolved_config(
-        SPARSE, (), schedule(6000, (5000, 5600), "TEST.EVAL_PERIOD", "0")), every_500, after_evaluation=False)
-    assert shared_checkpoint(no_evaluation, [before_no_evaluation])[1] == 2499
+    stateless_no_evaluation = fake_run(tmp_path / "no_eval", resolved_config(
+        SPARSE, (), schedule(6000, (5000, 5600), "TEST.EVAL_PERIOD", "0")), every_500)
+    for k in every_500:
+        torch.save({}, os.path.join(stateless_no_evaluation, f"model_{k:07d}.pth"))
+    assert shared_checkpoint(no_evaluation, [stateless_no_evaluation])[1] == 2499
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +79,8 @@ def six_images(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_a_run_started_from_a_longer_schedules_checkpoint_ends_as_if_trained_from_the_start(six_images, tmp_path):
+@pytest.mark.parametrize("older_trainer", [False, True], ids=["checkpoint_after_evaluation", "checkpoint_before_evaluation"])
+def test_a_run_started_from_a_longer_schedules_checkpoint_ends_as_if_trained_from_the_start(six_images, tmp_path, monkeypatch, older_trainer):
     train_net = load_train_net()
     data = {**SHUFFLED, "dataset": six_images, "evaluate": True}
     # Checkpoints and evaluations every 4 iterations: after iteration 3, the last before the
@@ -78,7 +88,11 @@ def test_a_run_started_from_a_longer_schedules_checkpoint_ends_as_if_trained_fro
     short = ("SOLVER.MAX_ITER", "8", "SOLVER.STEPS", "(4,)", "SOLVER.CHECKPOINT_PERIOD", "4")
     long = ("SOLVER.MAX_ITER", "16", "SOLVER.STEPS", "(8,)", "SOLVER.CHECKPOINT_PERIOD", "4")
     straight = train(train_net, tmp_path / "cells" / "straight", overrides=short, **data)
-    train(train_net, tmp_path / "cells" / "long", overrides=long, crash_after=5, **data)
+    with monkeypatch.context() as older:
+        if older_trainer:  # detectron2's order: the checkpoint, then the evaluation that draws
+            older.setattr(train_net, "write_checkpoints_after_evaluation", list)
+            older.setattr(train_net, "RandomStates", lambda after_evaluation: RandomStates(False))
+        train(train_net, tmp_path / "cells" / "long", overrides=long, crash_after=5, **data)
 
     started = []
     forked = tmp_path / "cells" / "forked"
@@ -88,13 +102,20 @@ def test_a_run_started_from_a_longer_schedules_checkpoint_ends_as_if_trained_fro
 
     resumed = train(train_net, forked, resume=True, overrides=short, before_training=start_from_the_long_run, **data)
     assert started[0].startswith("iterations 0 to 3 are those of cells/long")
+    assert started[0].endswith("moved past the evaluation it was written before") == older_trainer
+    donor = torch.load(tmp_path / "cells" / "long" / "model_0000003.pth", map_location="cpu", weights_only=True)
+    taken = torch.load(forked / "model_0000003.pth", map_location="cpu", weights_only=True)
+    assert taken["random_states"]["after_evaluation"] is True
+    # Replayed: the evaluation's draws moved NumPy's state (its position or its keys).
+    moved = taken["random_states"]["numpy"][2] != donor["random_states"]["numpy"][2] or not torch.equal(
+        taken["random_states"]["numpy"][1], donor["random_states"]["numpy"][1])
+    assert moved == older_trainer
     assert resumed.start_iter == 4
     assert resumed.losses == pytest.approx({i: straight.losses[i] for i in range(4, 8)})
     for key, value in straight.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[key], value, msg=key)
     # The one schedule-dependent value was rewritten: the rate of iteration 4, divided by 10
     # here, not in the long run.
-    donor = torch.load(tmp_path / "cells" / "long" / "model_0000003.pth", map_location="cpu", weights_only=True)
     lrs = [g["lr"] for g in donor["trainer"]["_trainer"]["optimizer"]["param_groups"]]
     assert resumed.storage.history("lr").values()[0][0] == pytest.approx(lrs[0] * 0.1)
     # The shared iterations' metrics come with it, and the run says where they came from.

@@ -14,6 +14,12 @@ What a checkpoint holds that depends on the schedule is the learning rate the op
 use next: detectron2's LRScheduler hook steps after each iteration, so the checkpoint written
 after iteration k carries the rate of iteration k + 1 (for a 3000-iteration run at k = 2499,
 already divided by 10). That one value is recomputed from this run's schedule.
+
+Older trainers wrote a checkpoint before the evaluation at its iteration, which then drew from
+the random states: such a checkpoint's states are moved past the evaluation by replaying its
+draws (replay_evaluation). On the FL seed-0 runs of docs/ablations/schedule/, the 6000-iteration
+run's checkpoint at 3999 (written before) replayed equals, state for state, the one the
+12000-iteration run wrote after its evaluation there.
 """
 import json
 import os
@@ -72,14 +78,19 @@ def cell_dirs_under(output_dirs: Sequence[str]) -> List[str]:
     return found
 
 
-def _with_schedule_of(cfg, config_file, keys):
-    """`cfg` with the values of the schedule `keys` taken from another run's config.yaml."""
+def _saved_config(config_file):
+    """A run's config.yaml as flat {"SOLVER.MAX_ITER": value, ...}."""
     import yaml
 
     from ..config import _flatten
 
     with open(config_file) as f:
-        theirs = _flatten(yaml.safe_load(f) or {})
+        return _flatten(yaml.safe_load(f) or {})
+
+
+def _with_schedule_of(cfg, config_file, keys):
+    """`cfg` with the values of the schedule `keys` taken from another run's config.yaml."""
+    theirs = _saved_config(config_file)
     other = cfg.clone()
     other.defrost()
     other.merge_from_list([item for key in keys for item in (key, theirs[key])])
@@ -113,23 +124,51 @@ def shared_checkpoint(cfg, run_dirs: Sequence[str]) -> Optional[Tuple[str, int, 
         for k, path in reversed(usable):
             if best is not None and k <= best[1]:
                 break
-            if _holds_the_next_random_state(path, k, cfg.TEST.EVAL_PERIOD, their_cfg.SOLVER.MAX_ITER):
+            if _random_states_of(path, k, cfg.TEST.EVAL_PERIOD, their_cfg.SOLVER.MAX_ITER) is not None:
                 best = (run, k, path)
                 break
     return best
 
 
-def _holds_the_next_random_state(path, iteration, eval_period, max_iter) -> bool:
-    """Whether the checkpoint after `iteration` holds the random states iteration + 1 draws
-    from: no evaluation ran at that iteration, or the checkpoint was written after it (an older
-    trainer wrote it before: checkpoint.write_checkpoints_after_evaluation)."""
+def _evaluated_at(iteration, eval_period, max_iter) -> bool:
+    return eval_period > 0 and ((iteration + 1) % eval_period == 0 or iteration == max_iter - 1)
+
+
+def _random_states_of(path, iteration, eval_period, max_iter) -> Optional[str]:
+    """How the checkpoint after `iteration` gives the random states iteration + 1 draws from:
+    "exact" (no evaluation ran at that iteration, or the checkpoint was written after it),
+    "replay" (an older trainer wrote it before the evaluation: replay_evaluation moves them
+    past it), or None (it holds no random states: a resume from it would draw other flips)."""
     import torch
 
-    evaluated = eval_period > 0 and ((iteration + 1) % eval_period == 0 or iteration == max_iter - 1)
-    if not evaluated:
-        return True
-    states = torch.load(path, map_location="cpu", weights_only=True).get("random_states", {})
-    return bool(states.get("after_evaluation", False))
+    if not _evaluated_at(iteration, eval_period, max_iter):
+        return "exact"
+    states = torch.load(path, map_location="cpu", weights_only=True).get("random_states")
+    if not states:
+        return None
+    return "exact" if states.get("after_evaluation", False) else "replay"
+
+
+def replay_evaluation(random_states, cfg):
+    """
+    `random_states` (a checkpoint's RandomStates, written before its iteration's evaluation by
+    an older trainer) moved past that evaluation: restored, the test loaders iterated as the
+    evaluation iterates them, read back. That is where the evaluation draws: each loader's
+    iterator draws a torch seed, the test resize an np.random.choice per image; the model in
+    eval mode and the COCO evaluation draw nothing. This process's own states are put back.
+    """
+    from retina_plugin.checkpoint import RandomStates
+    from retina_plugin.data import build_checked_test_loader
+
+    own = RandomStates().state_dict()
+    try:
+        RandomStates().load_state_dict(random_states)
+        for name in cfg.DATASETS.TEST:
+            for _ in build_checked_test_loader(cfg, name):
+                pass
+        return RandomStates(after_evaluation=True).state_dict()
+    finally:
+        RandomStates().load_state_dict(own)
 
 
 def start_from_shared_prefix(directory, cfg, run_dirs: Sequence[str], out_dir) -> Optional[str]:
@@ -148,6 +187,11 @@ def start_from_shared_prefix(directory, cfg, run_dirs: Sequence[str], out_dir) -
         return None
     run, iteration, path = found
     state = torch.load(path, map_location="cpu", weights_only=True)
+    donor_max_iter = _saved_config(os.path.join(run, "config.yaml"))["SOLVER.MAX_ITER"]
+    replayed = ""
+    if _random_states_of(path, iteration, cfg.TEST.EVAL_PERIOD, donor_max_iter) == "replay":
+        state["random_states"] = replay_evaluation(state["random_states"], cfg)
+        replayed = ", its random states moved past the evaluation it was written before"
     try:
         base_lrs = state["trainer"]["hooks"]["LRScheduler"]["base_lrs"]
         groups = state["trainer"]["_trainer"]["optimizer"]["param_groups"]
@@ -171,7 +215,7 @@ def start_from_shared_prefix(directory, cfg, run_dirs: Sequence[str], out_dir) -
     with open(os.path.join(directory, "last_checkpoint"), "w") as f:
         f.write(name)
     return (f"iterations 0 to {iteration} are those of {source} (the same config and learning rate "
-            f"until then): starts from its checkpoint {name}")
+            f"until then): starts from its checkpoint {name}{replayed}")
 
 
 def _iteration_of(line) -> Optional[int]:

@@ -2,7 +2,7 @@ import logging
 
 from PIL import Image
 
-from detectron2.data import DatasetMapper
+from detectron2.data import DatasetMapper, build_detection_test_loader
 
 from .custom import DatasetError
 
@@ -39,3 +39,9 @@ class CheckedDatasetMapper(DatasetMapper):
                 self._warned.add(file_name)
                 logger.warning(f"Skipping image {file_name}: it cannot be read ({e}).")
             return None
+
+
+def build_checked_test_loader(cfg, dataset_name):
+    """detectron2's test loader of `dataset_name`, with the CheckedDatasetMapper: the one
+    train_net.py evaluates with, and whose random draws ablations/prefix.py replays."""
+    return build_detection_test_loader(cfg, dataset_name, mapper=CheckedDatasetMapper(cfg, is_train=False))
