@@ -137,15 +137,19 @@ def _ap_label(seeds):
     return "bbox AP" + (" (mean ± std over seeds)" if seeds and seeds > 1 else "")
 
 
-def _save(fig, ax, path, title, xlabel, ylabel, legend_size=7):
-    """Label, grid, legend (if anything is labelled), write the PNG and close the figure."""
+def _save(fig, ax, path, title, xlabel, ylabel, legend_size=7, legend_below=False):
+    """Label, grid, legend (if anything is labelled; below the axes for many lines, which it
+    would cover), write the PNG and close the figure."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     # Wrapped: a grid's long title would run past the figure's edges.
     ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=9)
     ax.grid(True, alpha=0.3, which="both")
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=legend_size)
+        if legend_below:
+            ax.legend(fontsize=legend_size, loc="upper center", bbox_to_anchor=(0.5, -0.15))
+        else:
+            ax.legend(fontsize=legend_size)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path
@@ -202,13 +206,14 @@ def curves_of(cell: Cell, results, seeds=None):
 def plot_curves(name, results, path, seeds=None):
     """AP of the periodic evaluations against the iteration, one line per cell, mean ± std."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for i, cell in enumerate(GRIDS[name].cells):
-        points = curves_of(cell, results, seeds)
-        if points:
-            ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
-                        fmt="o-", color=f"C{i % 10}", capsize=2, markersize=3, label=cell.label)
-    _save(fig, ax, path, f"{GRIDS[name].title}: AP during training", "iteration", _ap_label(seeds), 6)
+    plotted = [(cell, curves_of(cell, results, seeds)) for cell in GRIDS[name].cells]
+    plotted = [(cell, points) for cell, points in plotted if points]
+    many = len(plotted) > 6
+    fig, ax = plt.subplots(figsize=(6.5, 4 + (0.14 * len(plotted) + 0.6 if many else 0)))
+    for i, (cell, points) in enumerate(plotted):
+        ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
+                    fmt="o-", color=f"C{i % 10}", capsize=2, markersize=3, label=cell.label)
+    _save(fig, ax, path, f"{GRIDS[name].title}: AP during training", "iteration", _ap_label(seeds), 6, legend_below=many)
     plt.close(fig)
     return path
 
