@@ -167,3 +167,21 @@ def test_the_runner_starts_a_run_from_a_sibling_of_another_schedule_and_the_repo
     assert any(line.startswith(f"{short.label}, seed 0: iterations 0 to 2499 are those of cells/{long.key}") for line in lines)
     report = open(write_reports(["schedule"], results, str(tmp_path), seeds=1)["md"]).read()
     assert f"{short.label} seed 0 took `cells/{long.key}, iterations 0-2499`" in report
+
+
+def test_a_checkpoint_whose_evaluation_cannot_be_replayed_is_not_taken_and_the_log_says_why(tmp_path):
+    import numpy as np
+
+    opts = ("DATASETS.TEST", '("no_such_test_set",)')
+    cfg = resolved_config(SPARSE, (), schedule(3000, (2500, 2800), *opts))
+    before = fake_run(tmp_path / "cells" / "before", resolved_config(SPARSE, (), schedule(6000, (5000, 5600), *opts)), [2499])
+    np.random.seed(123)
+    written_before_evaluation = RandomStates(after_evaluation=False).state_dict()
+    torch.save({"random_states": written_before_evaluation}, os.path.join(before, "model_0002499.pth"))
+    np.random.seed(7)
+    own = np.random.get_state()[1].copy()
+    line = start_from_shared_prefix(str(tmp_path / "cells" / "run"), cfg, [before], str(tmp_path))
+    assert line.startswith("trains from the start: the evaluation after iteration 2499 of cells/before could not be replayed")
+    assert "no_such_test_set" in line
+    assert not (tmp_path / "cells" / "run" / "last_checkpoint").exists()
+    assert (np.random.get_state()[1] == own).all()  # this process's random state put back

@@ -190,7 +190,11 @@ def start_from_shared_prefix(directory, cfg, run_dirs: Sequence[str], out_dir) -
     donor_max_iter = _saved_config(os.path.join(run, "config.yaml"))["SOLVER.MAX_ITER"]
     replayed = ""
     if _random_states_of(path, iteration, cfg.TEST.EVAL_PERIOD, donor_max_iter) == "replay":
-        state["random_states"] = replay_evaluation(state["random_states"], cfg)
+        try:
+            state["random_states"] = replay_evaluation(state["random_states"], cfg)
+        except Exception as e:  # a test set this process cannot load: the run trains from the start
+            return (f"trains from the start: the evaluation after iteration {iteration} of {os.path.relpath(run, out_dir)} "
+                    f"could not be replayed to move its checkpoint's random states past it ({type(e).__name__}: {e})")
         replayed = ", its random states moved past the evaluation it was written before"
     try:
         base_lrs = state["trainer"]["hooks"]["LRScheduler"]["base_lrs"]
