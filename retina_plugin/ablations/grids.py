@@ -106,10 +106,6 @@ def ghm_c(label, momentum=0.75, *more):
     return replace(cell, overrides=cell.overrides + more)
 
 
-# configs/sparse_scratch.yaml's schedule (3000 iterations, steps at 2500 and 2800) twice as long.
-SPARSE_2X = (("SOLVER.MAX_ITER", 6000), ("SOLVER.STEPS", (5000, 5600)))
-
-
 # Where the learning rate drops, as fractions of the run: the paper's (lr / 10 at 60k and 80k
 # of its 90k iterations) and the later ones of our first schedules (2500 and 2800 of 3000).
 PAPERS_STEPS = ((2, 3), (8, 9))
@@ -137,6 +133,10 @@ PAPER_SETUP_ITERATIONS = 3000
 PAPER_SETUP_STEPS = LATE_STEPS
 SCHEDULE_CHECK = ((24000, PAPERS_STEPS), (12000, LATE_STEPS), (12000, PAPERS_STEPS), (6000, LATE_STEPS),
                   (6000, PAPERS_STEPS), (3000, LATE_STEPS), (3000, PAPERS_STEPS))
+
+
+# configs/sparse_scratch.yaml's schedule (3000 iterations, steps at 2500 and 2800) twice as long.
+SPARSE_2X = step_schedule(6000)
 
 
 def with_overrides(cell: Cell, label_suffix: str, *overrides, max_seeds=None, **params) -> Cell:

@@ -189,7 +189,8 @@ def start_from_shared_prefix(directory, cfg, run_dirs: Sequence[str], out_dir) -
     state = torch.load(path, map_location="cpu", weights_only=True)
     donor_max_iter = _saved_config(os.path.join(run, "config.yaml"))["SOLVER.MAX_ITER"]
     replayed = ""
-    if _random_states_of(path, iteration, cfg.TEST.EVAL_PERIOD, donor_max_iter) == "replay":
+    # Written before its iteration's evaluation (shared_checkpoint took it: it has random states).
+    if _evaluated_at(iteration, cfg.TEST.EVAL_PERIOD, donor_max_iter) and not state["random_states"].get("after_evaluation", False):
         try:
             state["random_states"] = replay_evaluation(state["random_states"], cfg)
         except Exception as e:  # a test set this process cannot load: the run trains from the start
