@@ -1,6 +1,7 @@
 """The ablation grids and their runner (retina_plugin/ablations.py, tools/run_ablations.py)."""
 import csv
 import os
+import shutil
 
 import pytest
 
@@ -103,6 +104,17 @@ def test_runner_trains_cells_reports_divergence_and_resumes(tmp_path, monkeypatc
     assert runner.main(["--only", "trains", *args]) == 0
     assert (out / "cells" / trains.key / "result.json").is_file() and not (out / "cells" / diverges.key).exists()
     assert "| diverges | not run |" in (out / "results.md").read_text()
+    # --report-only lists the runs without a result: where each stopped, or that it has not started.
+    status = []
+    run_grids(["tiny"], str(out), [], dry=True, log=status.append)
+    assert status == [f"not started: {diverges.label}"]
+    shutil.copytree(out / "cells" / trains.key, tmp_path / "trains_finished")
+    os.remove(out / "cells" / trains.key / "result.json")  # as if stopped after its last iteration
+    status = []
+    run_grids(["tiny"], str(out), [], dry=True, log=status.append)
+    assert status[0] == f"not finished: {trains.label}: iteration 6, resumes from model_final.pth", status
+    shutil.rmtree(out / "cells" / trains.key)
+    shutil.copytree(tmp_path / "trains_finished", out / "cells" / trains.key)
     first = os.path.getmtime(out / "cells" / trains.key / "run.log")
     assert runner.main(args) == 0
     assert os.path.getmtime(out / "cells" / trains.key / "run.log") == first

@@ -64,7 +64,7 @@ def main(argv=None):
                         "'3000 iterations' (repeatable: any of them); the report still lists the "
                         "grid's other cells, as not run or from their earlier runs")
     parser.add_argument("--report-only", action="store_true",
-                        help="write the reports from the finished cells, train nothing")
+                        help="write the reports from the finished cells and list where the others stopped; train nothing")
     slurm = parser.add_argument_group("SLURM (--executor slurm): one job per run, through submitit")
     slurm.add_argument("--executor", choices=("local", "slurm"), default="local",
                        help="local: a process pool on this machine (--jobs); slurm: one SLURM job per run")

@@ -64,17 +64,20 @@ def median_of(records: List[dict], name) -> Optional[float]:
 
 
 def last_iteration(output_dir) -> Optional[int]:
-    """The last training iteration an OUTPUT_DIR's metrics.json has (its progress)."""
+    """The last training iteration an OUTPUT_DIR's metrics.json has (its progress); an
+    evaluation's record is not one (the final one is logged at iteration MAX_ITER)."""
     path = os.path.join(output_dir, "metrics.json")
     if not os.path.isfile(path):
         return None
     with open(path, "rb") as f:
-        f.seek(max(0, os.path.getsize(path) - 4096))
+        f.seek(max(0, os.path.getsize(path) - 65536))  # past an evaluation's long record
         lines = f.read().decode(errors="ignore").strip().splitlines()
     for line in reversed(lines):
         try:
-            return int(json.loads(line)["iteration"])
-        except (ValueError, KeyError):
+            record = json.loads(line)
+            if "bbox/AP" not in record:
+                return int(record["iteration"])
+        except (ValueError, KeyError, TypeError):
             continue
     return None
 
@@ -221,6 +224,32 @@ def grid_runs(names, seeds=None, only: Sequence[str] = ()) -> Dict[str, Cell]:
     return runs
 
 
+def unfinished_runs(runs: Dict[str, Cell], out_dir, max_iter=None) -> List[str]:
+    """A line for each run without a result: where it stopped (its last logged iteration of
+    its SOLVER.MAX_ITER, and the checkpoint it resumes from) or that it has not started."""
+    lines = []
+    for cell in runs.values():
+        if finished_result(cell, out_dir) is not None:
+            continue
+        overrides = dict(cell.overrides)
+        name = cell.label + (f", seed {overrides['SEED']}" if "SEED" in overrides else "")
+        run_dir = cell_dir(cell, out_dir)
+        at = last_iteration(run_dir)
+        if at is None:
+            lines.append(f"not started: {name}")
+            continue
+        total = overrides.get("SOLVER.MAX_ITER", max_iter)
+        checkpoint = None
+        if os.path.isfile(os.path.join(run_dir, "last_checkpoint")):
+            with open(os.path.join(run_dir, "last_checkpoint")) as f:
+                checkpoint = f.read().strip()
+        lines.append(
+            f"not finished: {name}: iteration {at + 1}" + (f" of {total}" if total else "")
+            + (f", resumes from {checkpoint}" if checkpoint else ", no checkpoint: starts again")
+        )
+    return lines
+
+
 class Progress:
     """Which runs are done, which are running and where, and an ETA from the finished ones."""
 
@@ -313,6 +342,8 @@ def run_grids(names, out_dir, base_args, extra_opts=(), jobs=1, log=print, dry=F
         if result is not None:
             finished_elsewhere[key] = result
     if dry:
+        for line in unfinished_runs(every_run, out_dir, max_iter):
+            log(line)
         return finished_elsewhere
 
     def start_from_a_sibling(cell):
