@@ -7,6 +7,9 @@ maintained C++ drop-in of the faster-coco-eval package instead, which gives the 
 (tests/test_evaluation.py) many times faster (bench/bench_eval.py).
 """
 import contextlib
+from typing import Dict
+
+import numpy as np
 
 from detectron2.evaluation import COCOEvaluator
 from detectron2.evaluation import coco_evaluation
@@ -25,6 +28,30 @@ def faster_cocoeval_class():
             super().__init__(coco_gt, coco_dt, iou_type, print_function=print)
 
     return FasterCOCOeval
+
+
+def ap_at_each_iou(coco_eval) -> Dict[float, float]:
+    """
+    {IoU threshold: AP in %} of an evaluated and accumulated COCOeval, at each threshold t of
+    its params.iouThrs:
+
+        AP_t = 100 * mean(precision[t, recall, class, area "all", last maxDets] over entries > -1)
+
+    Their mean is COCO's AP; AP_0.5 and AP_0.75 are its AP50 and AP75. Where AP50 is saturated,
+    they show at which IoU a difference in AP lies: in scoring, or in the boxes' precision.
+    """
+    precision = coco_eval.eval["precision"]
+    thresholds = np.asarray(coco_eval.params.iouThrs)
+    result = {}
+    for index, threshold in enumerate(thresholds):
+        values = precision[index, :, :, 0, -1]
+        values = values[values > -1]
+        result[round(float(threshold), 2)] = float(values.mean() * 100) if values.size else float("nan")
+    return result
+
+
+def format_ap_at_each_iou(ap: Dict[float, float]) -> str:
+    return ", ".join(f"{threshold:.2f}: {value:.1f}" for threshold, value in ap.items())
 
 
 @contextlib.contextmanager
@@ -48,6 +75,14 @@ class EngineCOCOEvaluator(COCOEvaluator):
         kwargs["use_fast_impl"] = False  # detectron2's own fast one needs detectron2._C
         super().__init__(dataset_name, **kwargs)
         self.engine = engine
+        self.ap_at_each_iou = {}  # {iou type: {IoU threshold: AP}} of the last evaluation
+
+    def _derive_coco_results(self, coco_eval, iou_type, class_names=None):
+        # Logged, not returned: extra keys would change the "copypaste" lines every tool parses.
+        if coco_eval is not None:
+            self.ap_at_each_iou[iou_type] = ap_at_each_iou(coco_eval)
+            self._logger.info(f"{iou_type} AP at each IoU threshold: {format_ap_at_each_iou(self.ap_at_each_iou[iou_type])}")
+        return super()._derive_coco_results(coco_eval, iou_type, class_names=class_names)
 
     def _eval_predictions(self, predictions, img_ids=None):
         if self.engine == "pycocotools":

@@ -97,3 +97,80 @@ def test_evaluator_engines_agree_and_a_bad_engine_is_refused(tmp_path):
         assert found["faster_coco_eval"][key] == pytest.approx(value, abs=1e-4), key
     with pytest.raises(ValueError, match="choose one of faster_coco_eval, pycocotools"):
         EngineCOCOEvaluator(name, engine="cocoapi")
+
+
+def exact_and_loose_results(num_images=10):
+    """A ground truth of one 40 x 40 box per image, found exactly in half the images and, in the
+    other half, scored lower, by a box 4 px wider (IoU 40 / 44 = 0.909), each once."""
+    images, annotations, results = [], [], []
+    for image_id in range(1, num_images + 1):
+        images.append({"id": image_id, "width": 100, "height": 100, "file_name": f"{image_id}.png"})
+        annotations.append({"id": image_id, "image_id": image_id, "category_id": 1, "bbox": [20, 20, 40, 40],
+                            "area": 1600, "iscrowd": 0})
+        width = 40 if image_id % 2 else 44
+        results.append({"image_id": image_id, "category_id": 1, "score": 0.9 if width == 40 else 0.5,
+                        "bbox": [20, 20, width, 40]})
+    coco = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "c1"}]}
+    return coco, results
+
+
+def test_ap_at_each_iou_averages_to_coco_ap_and_places_a_loose_box():
+    from retina_plugin.evaluation import ap_at_each_iou
+
+    coco, results = synthetic_results(seed=2)
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluated = _evaluate_predictions_on_coco(coco_api(coco), results, "bbox", cocoeval_fn=faster_cocoeval_class())
+    ap = ap_at_each_iou(evaluated)
+    assert list(ap) == [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
+    assert np.mean(list(ap.values())) == pytest.approx(evaluated.stats[0] * 100, abs=1e-6)
+    assert (ap[0.5], ap[0.75]) == pytest.approx((evaluated.stats[1] * 100, evaluated.stats[2] * 100), abs=1e-6)
+    assert ap[0.5] > ap[0.95]
+
+    # Half the boxes match at IoU 0.909: all found up to 0.9; at 0.95 the exact half comes first,
+    # precision 1 up to recall 0.5: 51 of COCO's 101 recall points.
+    coco, results = exact_and_loose_results()
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluated = _evaluate_predictions_on_coco(coco_api(coco), results, "bbox", cocoeval_fn=faster_cocoeval_class())
+    ap = ap_at_each_iou(evaluated)
+    assert all(ap[t] == pytest.approx(100.0) for t in list(ap)[:-1])
+    assert ap[0.95] == pytest.approx(100 * 51 / 101)
+
+
+def test_ap_by_iou_tool_reads_a_runs_saved_detections(tmp_path):
+    import importlib.util
+    import json
+    import os
+
+    from detectron2.config import get_cfg
+    from detectron2.data.datasets import register_coco_instances
+
+    from retina_plugin.config import add_retina_config
+
+    spec = importlib.util.spec_from_file_location(
+        "ap_by_iou", os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools", "ap_by_iou.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+
+    coco, results = exact_and_loose_results()
+    (tmp_path / "gt.json").write_text(json.dumps(coco))
+    register_coco_instances("ap_by_iou_gt", {}, str(tmp_path / "gt.json"), str(tmp_path))
+    run = tmp_path / "run"
+    (run / "inference").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="no config.yaml. Give the OUTPUT_DIR of a train_net.py run"):
+        tool.main([str(run)])
+    cfg = get_cfg()
+    add_retina_config(cfg)
+    cfg.DATASETS.TEST = ("ap_by_iou_gt",)
+    cfg.SOLVER.MAX_ITER, cfg.SOLVER.STEPS, cfg.SEED = 90, (60, 80), 3
+    (run / "config.yaml").write_text(cfg.dump())
+    # COCOEvaluator's own file: per image, its detections with contiguous class ids.
+    torch.save([{"image_id": r["image_id"], "instances": [dict(r, category_id=0)]} for r in results],
+               run / "inference" / "instances_predictions.pth")
+    (run / "metrics.json").write_text(json.dumps({"iteration": 59, "bbox/AP": 1.0}) + "\n"
+                                      + json.dumps({"iteration": 89, "bbox/AP": 95.0}) + "\n"
+                                      + json.dumps({"iteration": 89, "loss_cls": 0.1}) + "\n")
+    table = tmp_path / "table.md"
+    tool.main([str(run), "--output", str(table)])
+    row = table.read_text().splitlines()[-1]
+    assert row.startswith("| FL gamma 2, alpha 0.25, no clipping, 90 iterations (steps 60,80), seed 3 | 89 | 95.0 |")
+    assert row.endswith("| 100.0 | 50.5 |")

@@ -1,0 +1,124 @@
+#!/usr/bin/env python
+"""
+Box AP at each IoU threshold (0.50, 0.55, ..., 0.95) of training runs' last evaluation, from
+the detections it saved: where AP50 is saturated, whether a difference in AP is in the scores
+or in the boxes' precision.
+
+    python tools/ap_by_iou.py output/sparse [output/other ...] [--output table.md]
+
+Each run directory holds the config.yaml train_net.py wrote and inference/instances_predictions.pth,
+which COCOEvaluator saves at each evaluation (the last one is the final model's; the table
+gives the iteration metrics.json logged with it). The detections are evaluated again on the config's DATASETS.TEST[0] with its TEST.COCO_EVAL_ENGINE; nothing
+is trained or inferred. Prints a markdown table, one row per run, and writes it to --output.
+"""
+import argparse
+import contextlib
+import io
+import json
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import retina_plugin  # noqa: E402,F401  (registers the built-in data sets)
+import torch  # noqa: E402
+from detectron2.data import DatasetCatalog  # noqa: E402
+
+from retina_plugin.config import get_retina_cfg  # noqa: E402
+from retina_plugin.evaluation import EngineCOCOEvaluator  # noqa: E402
+
+PREDICTIONS = os.path.join("inference", "instances_predictions.pth")
+
+
+def describe(cfg):
+    """A run in a few words: its loss, Sampling-Free's pieces, clipping, schedule and seed."""
+    retina = cfg.MODEL.RETINANET
+    alpha, gamma = retina.FOCAL_LOSS_ALPHA, retina.FOCAL_LOSS_GAMMA
+    alpha_text = "per-class alpha" if isinstance(alpha, (list, tuple)) else f"alpha {alpha:g}"
+    if retina.CLS_LOSS_TYPE != "focal":
+        loss = retina.CLS_LOSS_TYPE
+    elif gamma == 0:
+        loss = "CE" if alpha == -1 else f"balanced CE, {alpha_text}"
+    else:
+        loss = f"FL gamma {gamma:g}, {alpha_text}"
+    sampling_free = [name for name, on in (("guided scaling", retina.LOSS_NORMALIZER == "guided"),
+                                            ("prior from data", retina.SAMPLING_FREE.PRIOR_FROM_DATA),
+                                            ("adaptive threshold", retina.SAMPLING_FREE.ADAPTIVE_SCORE_THRESH)) if on]
+    if sampling_free:
+        loss += f" ({', '.join(sampling_free)})"
+    clipping = "clipping" if cfg.SOLVER.CLIP_GRADIENTS.ENABLED else "no clipping"
+    steps = ",".join(map(str, cfg.SOLVER.STEPS))
+    return f"{loss}, {clipping}, {cfg.SOLVER.MAX_ITER} iterations (steps {steps}), seed {cfg.SEED}"
+
+
+def last_evaluation_iteration(run_dir):
+    """The iteration metrics.json logged with the run's last bbox AP, or None."""
+    iteration = None
+    path = os.path.join(run_dir, "metrics.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                record = json.loads(line) if line.strip() else {}
+                if "bbox/AP" in record:
+                    iteration = record.get("iteration")
+    return iteration
+
+
+def run_ap_at_each_iou(run_dir):
+    """(cfg, {IoU threshold: AP}) of a run directory's last evaluation."""
+    config_file = os.path.join(run_dir, "config.yaml")
+    predictions_file = os.path.join(run_dir, PREDICTIONS)
+    for path in (config_file, predictions_file):
+        if not os.path.isfile(path):
+            raise SystemExit(f"{run_dir}: no {os.path.relpath(path, run_dir)}. Give the OUTPUT_DIR of a "
+                             "train_net.py run that evaluated (TEST.EVAL_PERIOD or its final evaluation).")
+    cfg = get_retina_cfg(config_file, [])
+    if not cfg.DATASETS.TEST:
+        raise SystemExit(f"{config_file}: DATASETS.TEST is empty; the run was not evaluated on a data set.")
+    # Plain lists and dicts: COCOEvaluator's own format, loaded without running code.
+    predictions = torch.load(predictions_file, map_location="cpu", weights_only=True)
+    # Loading a built-in set first makes (or finds) its files and sets its metadata's json_file,
+    # which COCOEvaluator then reads, as after the test loader in training.
+    DatasetCatalog.get(cfg.DATASETS.TEST[0])
+    with tempfile.TemporaryDirectory() as scratch:  # the data set's COCO json, if it has none
+        evaluator = EngineCOCOEvaluator(cfg.DATASETS.TEST[0], engine=cfg.TEST.COCO_EVAL_ENGINE, tasks=("bbox",),
+                                        distributed=False, output_dir=scratch)
+        evaluator._predictions = predictions
+        with contextlib.redirect_stdout(io.StringIO()):
+            evaluator._results = {}
+            evaluator._eval_predictions(predictions)
+    return cfg, evaluator.ap_at_each_iou["bbox"]
+
+
+def format_table(rows):
+    """rows: [(name, iteration evaluated or None, {IoU threshold: AP})] as a markdown table,
+    AP (their mean) first."""
+    thresholds = list(rows[0][2])
+    header = "| run | evaluated at | AP | " + " | ".join(f"AP{round(t * 100)}" for t in thresholds) + " |"
+    lines = [header, "|" + "---|" * (len(thresholds) + 3)]
+    for name, iteration, ap in rows:
+        mean = sum(ap.values()) / len(ap)
+        evaluated = "-" if iteration is None else str(iteration)
+        lines.append(f"| {name} | {evaluated} | {mean:.1f} | " + " | ".join(f"{ap[t]:.1f}" for t in thresholds) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dirs", nargs="+", metavar="OUTPUT_DIR")
+    parser.add_argument("--output", default=None, help="write the table to this markdown file too")
+    args = parser.parse_args(argv)
+    rows = []
+    for run_dir in args.run_dirs:
+        cfg, ap = run_ap_at_each_iou(run_dir)
+        rows.append((describe(cfg), last_evaluation_iteration(run_dir), ap))
+    table = format_table(rows)
+    print(table)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(f"Box AP at each IoU threshold, by: `python tools/ap_by_iou.py {' '.join(args.run_dirs)}`\n\n"
+                    + table + "\n")
+
+
+if __name__ == "__main__":
+    main()
