@@ -14,7 +14,6 @@ is trained or inferred. Prints a markdown table, one row per run, and writes it 
 import argparse
 import contextlib
 import io
-import json
 import os
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import retina_plugin  # noqa: E402,F401  (registers the built-in data sets)
 import torch  # noqa: E402
 from detectron2.data import DatasetCatalog  # noqa: E402
 
+from retina_plugin.ablations.runner import read_metrics, summarize_metrics  # noqa: E402
 from retina_plugin.config import get_retina_cfg  # noqa: E402
 from retina_plugin.evaluation import EngineCOCOEvaluator  # noqa: E402
 
@@ -53,15 +53,8 @@ def describe(cfg):
 
 def last_evaluation_iteration(run_dir):
     """The iteration metrics.json logged with the run's last bbox AP, or None."""
-    iteration = None
-    path = os.path.join(run_dir, "metrics.json")
-    if os.path.isfile(path):
-        with open(path) as f:
-            for line in f:
-                record = json.loads(line) if line.strip() else {}
-                if "bbox/AP" in record:
-                    iteration = record.get("iteration")
-    return iteration
+    curve = summarize_metrics(read_metrics(run_dir))[1]
+    return curve[-1][0] if curve else None
 
 
 def run_ap_at_each_iou(run_dir):
