@@ -76,10 +76,11 @@ def run_ap_at_each_iou(run_dir):
     with tempfile.TemporaryDirectory() as scratch:  # the data set's COCO json, if it has none
         evaluator = EngineCOCOEvaluator(cfg.DATASETS.TEST[0], engine=cfg.TEST.COCO_EVAL_ENGINE, tasks=("bbox",),
                                         distributed=False, output_dir=scratch)
-        evaluator._predictions = predictions
+        evaluator.reset()
+        # The saved file is the list that process() collects; evaluate() then runs as after inference.
+        evaluator._predictions.extend(predictions)
         with contextlib.redirect_stdout(io.StringIO()):
-            evaluator._results = {}
-            evaluator._eval_predictions(predictions)
+            evaluator.evaluate()
     return cfg, evaluator.ap_at_each_iou["bbox"]
 
 
