@@ -43,6 +43,7 @@ from retina_plugin.preemption import PREEMPTED_EXIT_CODE, Preempted, PreemptionC
 from retina_plugin.pretrain import require_pretrained
 from retina_plugin.evaluation import EngineCOCOEvaluator
 from retina_plugin.lazy import build_lazy_model, evaluate_lazy, load_lazy_config, train_lazy
+from retina_plugin.machine import MACHINE_PREFIX, describe_machine
 
 logger = logging.getLogger("retina_plugin")
 
@@ -158,6 +159,7 @@ def setup(args):
     pretrained = require_pretrained(cfg.MODEL.WEIGHTS, required=loads_weights)
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="retina_plugin")
+    logger.info(MACHINE_PREFIX + describe_machine(cfg.MODEL.DEVICE))
     if pretrained:
         logger.info(pretrained)
     if cpu_fallback:
@@ -222,6 +224,7 @@ def setup_lazy(args):
         refuse_mismatched_resume(build_lazy_model(cfg), cfg.train.output_dir, [])
     default_setup(cfg, args)
     setup_logger(output=cfg.train.output_dir, distributed_rank=comm.get_rank(), name="retina_plugin")
+    logger.info(MACHINE_PREFIX + describe_machine(cfg.train.device))
     if cpu_fallback:
         logger.warning("No CUDA device is available: train.device is set to 'cpu'.")
     return cfg

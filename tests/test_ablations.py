@@ -10,6 +10,8 @@ from detectron2.config import get_cfg
 import retina_plugin
 from retina_plugin import ablations
 from retina_plugin.ablations import GRIDS, Cell, Grid, Result, run_grids, write_reports
+from retina_plugin.ablations.runner import machines_of
+from retina_plugin.machine import describe_machine
 
 from helpers import REPO
 from test_train_net import load_tool
@@ -124,6 +126,8 @@ def test_runner_trains_cells_reports_divergence_and_resumes(tmp_path, monkeypatc
     results = run_grids(["tiny"], str(out), [], dry=True)
     trained, diverged = (results[c.key] for c in tiny.cells)
     assert trained.status == "ok" and 0 <= trained.metrics["AP"] <= 100
+    # train_net.py logged the machine that trained it; the result keeps it.
+    assert trained.machines == [describe_machine()]
     assert diverged.status == "diverged" and 0 <= diverged.iteration < 6
     md = (out / "results.md").read_text()
     assert "| diverges | diverged at iteration" in md and "| trains | " in md
@@ -430,3 +434,31 @@ def test_background_share_is_the_median_of_training_and_filled_in_for_older_resu
     older = {k: v for k, v in Result("ok", metrics_of(12.0)).__dict__.items() if k != "background_share"}
     (directory / "result.json").write_text(json.dumps(older))
     assert ablations.finished_result(cell, str(tmp_path)).background_share == pytest.approx(0.275)
+
+
+def test_a_run_resumed_on_another_machine_names_both_and_the_report_says_so(tmp_path):
+    # log.txt as detectron2 appends to it: started on one machine, resumed on another, then
+    # on the first again; a line of another logger that mentions a machine is not one.
+    directory = tmp_path / "run"
+    directory.mkdir()
+    (directory / "log.txt").write_text(
+        "[12/03 10:00:00] retina_plugin INFO: Machine: Intel Xeon (AVX2), torch 2.14.1\n"
+        "[12/03 10:00:01] d2.utils.events INFO:  iter: 19  total_loss: 1.9\n"
+        "[12/04 16:00:00] retina_plugin INFO: Machine: AMD EPYC (AVX512), torch 2.14.1\n"
+        "[12/05 09:00:00] retina_plugin INFO: Machine: Intel Xeon (AVX2), torch 2.14.1\n"
+    )
+    assert machines_of(str(directory)) == ["Intel Xeon (AVX2), torch 2.14.1", "AMD EPYC (AVX512), torch 2.14.1"]
+    assert machines_of(str(tmp_path)) == []  # no log: nothing known, nothing made up
+    cells = GRIDS["table1b"].cells
+    results = {
+        cells[4].key: Result("ok", metrics_of(30.0), machines=machines_of(str(directory))),
+        cells[5].key: Result("ok", metrics_of(33.5), machines=["Intel Xeon (AVX2), torch 2.14.1"]),
+    }
+    paths = write_reports(["table1b"], results, str(tmp_path), "Measured with: `x`")
+    assert "**These runs were trained on 2 different machines**" in open(paths["md"]).read()
+    rows = list(csv.DictReader(open(paths["csv"])))
+    assert rows[4]["machines"] == "Intel Xeon (AVX2), torch 2.14.1; AMD EPYC (AVX512), torch 2.14.1"
+    # One machine throughout: nothing to say.
+    results[cells[4].key].machines = ["Intel Xeon (AVX2), torch 2.14.1"]
+    paths = write_reports(["table1b"], results, str(tmp_path), "Measured with: `x`")
+    assert "different machines" not in open(paths["md"]).read()

@@ -80,6 +80,7 @@ def write_reports(names, results, out_dir, title_note="", seeds=None):
                 row["reused_from"] = (result.reused_from or "") if result is not None else ""
                 row["backbone_sha256"] = (result.backbone_sha256 or "") if result is not None else ""
                 row["shared_prefix_from"] = (result.shared_prefix_from or "") if result is not None else ""
+                row["machines"] = "; ".join(result.machines) if result is not None else ""
                 rows.append(row)
         md.append("")
         reused = [r for r in rows if r["grid"] == name and r["reused_from"]]
@@ -100,6 +101,11 @@ def write_reports(names, results, out_dir, title_note="", seeds=None):
             # Another machine's pretraining makes another backbone: such runs do not compare.
             md.append(f"**These runs started from {len(backbones)} different pretrained backbones** "
                       f"(sha256 {', '.join(backbones)}; the `backbone_sha256` column of results.csv).\n")
+        machines = sorted({m for r in rows if r["grid"] == name and r["machines"] for m in r["machines"].split("; ")})
+        if len(machines) > 1:
+            # Another CPU's arithmetic makes another run from the same seed (retina_plugin.machine).
+            md.append(f"**These runs were trained on {len(machines)} different machines** "
+                      f"({'; '.join(machines)}; the `machines` column of results.csv).\n")
         if grid.kind == "sweep":
             md += sweep_table(name, results, seeds)
         if grid.kind == "schedule":

@@ -30,6 +30,9 @@ class Result:
     # '<run>, iterations 0-k': the run of another schedule whose checkpoint this one started from
     # (prefix.py: up to k both had the same config and learning rate, so the same iterations).
     shared_prefix_from: Optional[str] = None
+    # The machines that trained it (retina_plugin.machine), in order: a run resumed on another
+    # machine is computed by both.
+    machines: List[str] = field(default_factory=list)
 
     def __post_init__(self):
         self.curve = [tuple(point) for point in self.curve]

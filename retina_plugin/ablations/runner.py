@@ -19,6 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional, Sequence
 
+from ..machine import machines_in_log
 from .configs import config_differences
 from .grids import GRIDS, METRICS, Cell
 from .prefix import cell_dirs_under, shared_prefix_of, start_from_shared_prefix
@@ -82,6 +83,16 @@ def last_iteration(output_dir) -> Optional[int]:
     return None
 
 
+def machines_of(output_dir) -> List[str]:
+    """The machines that trained an OUTPUT_DIR's run, from its log.txt, which every start of
+    train_net.py appends to (run.log is only the runner's last call)."""
+    path = os.path.join(output_dir, "log.txt")
+    if not os.path.isfile(path):
+        return []
+    with open(path, errors="replace") as f:
+        return machines_in_log(f.read())
+
+
 def cell_dir(cell: Cell, out_dir) -> str:
     return os.path.join(out_dir, "cells", cell.key)
 
@@ -116,6 +127,7 @@ def run_cell(cell: Cell, out_dir, base_args: List[str], extra_opts: List[str], t
     diverged = DIVERGED.search(text)
     backbone = PRETRAINED_BACKBONE.search(text)
     backbone = backbone.group(1) if backbone else None
+    machines = machines_of(directory)
     records = read_metrics(directory)
     metrics, curve, ratio = summarize_metrics(records)
     seconds = round(time.time() - start, 1)
@@ -123,11 +135,11 @@ def run_cell(cell: Cell, out_dir, base_args: List[str], extra_opts: List[str], t
     if returncode == 0 and metrics:
         result = Result("ok", metrics, curve=curve, neg_pairs_per_pos=ratio, seconds=seconds,
                         background_share=share, backbone_sha256=backbone,
-                        shared_prefix_from=shared_prefix_of(directory))
+                        shared_prefix_from=shared_prefix_of(directory), machines=machines)
     elif diverged:
         result = Result("diverged", iteration=int(diverged.group(1)), curve=curve,
                         neg_pairs_per_pos=ratio, seconds=seconds, background_share=share,
-                        backbone_sha256=backbone)
+                        backbone_sha256=backbone, machines=machines)
     else:
         # Not written to result.json: a failure (a killed process, a bad path) is rerun.
         return Result("failed", log=log_file)
