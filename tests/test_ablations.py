@@ -462,3 +462,28 @@ def test_a_run_resumed_on_another_machine_names_both_and_the_report_says_so(tmp_
     results[cells[4].key].machines = ["Intel Xeon (AVX2), torch 2.14.1"]
     paths = write_reports(["table1b"], results, str(tmp_path), "Measured with: `x`")
     assert "different machines" not in open(paths["md"]).read()
+
+
+def test_compare_curves_puts_two_runs_evaluations_side_by_side(tmp_path, capsys):
+    import json
+
+    tool = load_tool("compare_curves")
+    for name, aps in (("a", {499: 30.0, 999: 50.0, 1499: 60.0, 1999: 62.0}), ("b", {499: 31.0, 999: 49.0, 1999: 64.0})):
+        (tmp_path / name).mkdir()
+        records = [{"iteration": i, "total_loss": 1.0} for i in range(0, 2000, 100)]
+        records += [{"iteration": i, "bbox/AP": ap} for i, ap in aps.items()]
+        (tmp_path / name / "metrics.json").write_text("".join(json.dumps(r) + "\n" for r in records))
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    # Only the evaluations both have (1499 is A's alone), up to --until.
+    assert tool.main([a, b, "--until", "1999", "--window", "1000", "--output", str(tmp_path / "t.md")]) == 0
+    out = capsys.readouterr().out
+    assert "| 499 | 30.0 | 31.0 | +1.0 |" in out and "| 999 | 50.0 | 49.0 | -1.0 |" in out and "| 1499 |" not in out
+    assert "3 evaluations, iterations 499 to 1999: B - A is +0.67 on average; |B - A| 1.33 on average, 2.0 at most." in out
+    assert "| 0-1000 (2 evaluations) | 40.0 | 40.0 | +0.0 |" in out and "| 1000-2000 (1 evaluations) | 62.0 | 64.0 | +2.0 |" in out
+    assert (tmp_path / "t.md").read_text().startswith("Made by: `python tools/compare_curves.py ")
+    assert tool.main([a, b, "--until", "999"]) == 0 and "2 evaluations" in capsys.readouterr().out
+    # A directory that is not a run, and runs with no common evaluation, get a message, not a traceback.
+    with pytest.raises(SystemExit, match="no metrics.json"):
+        tool.main([a, str(tmp_path)])
+    with pytest.raises(SystemExit, match="no evaluation at the same iteration up to 100"):
+        tool.main([a, b, "--until", "100"])
