@@ -7,12 +7,14 @@ maintained C++ drop-in of the faster-coco-eval package instead, which gives the 
 (tests/test_evaluation.py) many times faster (bench/bench_eval.py).
 """
 import contextlib
-from typing import Dict
+from typing import Dict, Iterable, List
 
 import numpy as np
+import torch
 
 from detectron2.evaluation import COCOEvaluator
 from detectron2.evaluation import coco_evaluation
+from detectron2.structures import Boxes, BoxMode, pairwise_iou
 
 COCO_EVAL_ENGINES = ("faster_coco_eval", "pycocotools")
 
@@ -48,6 +50,68 @@ def ap_at_each_iou(coco_eval) -> Dict[float, float]:
         values = values[values > -1]
         result[round(float(threshold), 2)] = float(values.mean() * 100) if values.size else float("nan")
     return result
+
+
+def first_ranked_localisation(dataset_dicts: Iterable[dict], predictions: List[dict], thresholds=(0.5, 0.75, 0.9)):
+    """
+    How well a detector's boxes fit the objects, apart from how it ranks them. Each detection
+    (COCOEvaluator's saved predictions: per image, boxes XYWH with contiguous class ids) is
+    assigned to the object of its class that it overlaps most; for each object (not crowd),
+    `best` is the IoU of its best-fitting detection and `first` that of its highest-scoring
+    one (0 for an object no detection overlaps). Returns
+
+        {"objects": n, "best": {t: % of objects with best >= t}, "first": {t: ...},
+         "mean_best": mean best IoU, "mean_first": mean first IoU,
+         "score_iou_rank_correlation": Spearman's rho of score and IoU over the first boxes
+                                       at IoU >= 0.5}
+
+    Where `best` reaches a threshold and `first` does not, the detector has a box that fits
+    but scores another one higher: at that IoU a loss of AP is in the scores, not the boxes.
+    The rank correlation says whether, across objects, the better-fitting boxes score higher,
+    which is what AP at a strict IoU rewards beyond the share of boxes that reach it.
+    """
+    by_image = {p["image_id"]: p["instances"] for p in predictions}
+    best, first, first_score = [], [], []
+    for record in dataset_dicts:
+        objects = [a for a in record.get("annotations", []) if not a.get("iscrowd", 0)]
+        if not objects:
+            continue
+        detections = by_image.get(record["image_id"], [])
+        if not detections:
+            best += [0.0] * len(objects)
+            first += [0.0] * len(objects)
+            first_score += [0.0] * len(objects)
+            continue
+        gt = Boxes(torch.tensor([BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in objects], dtype=torch.float64))
+        boxes = Boxes(torch.tensor([BoxMode.convert(d["bbox"], BoxMode.XYWH_ABS, BoxMode.XYXY_ABS) for d in detections], dtype=torch.float64))
+        same_class = torch.tensor([a["category_id"] for a in objects])[:, None] == torch.tensor([d["category_id"] for d in detections])[None, :]
+        iou = pairwise_iou(gt, boxes) * same_class  # (objects, detections)
+        assigned_iou, assigned = iou.max(dim=0)
+        scores = torch.tensor([d["score"] for d in detections])
+        for index in range(len(objects)):
+            mine = (assigned == index) & (assigned_iou > 0)
+            best.append(float(assigned_iou[mine].max()) if mine.any() else 0.0)
+            first.append(float(assigned_iou[mine][scores[mine].argmax()]) if mine.any() else 0.0)
+            first_score.append(float(scores[mine].max()) if mine.any() else 0.0)
+    best, first, first_score = np.asarray(best), np.asarray(first), np.asarray(first_score)
+    found = first >= 0.5
+    share = lambda values, t: float((values >= t).mean() * 100) if values.size else float("nan")  # noqa: E731
+    return {
+        "objects": int(best.size),
+        "best": {t: share(best, t) for t in thresholds},
+        "first": {t: share(first, t) for t in thresholds},
+        "mean_best": float(best.mean()) if best.size else float("nan"),
+        "mean_first": float(first.mean()) if first.size else float("nan"),
+        "score_iou_rank_correlation": _spearman(first_score[found], first[found]),
+    }
+
+
+def _spearman(x, y) -> float:
+    """Spearman's rank correlation of two equally long arrays (NaN for fewer than 3 values)."""
+    if len(x) < 3:
+        return float("nan")
+    rank_x, rank_y = (np.argsort(np.argsort(v, kind="stable"), kind="stable").astype(float) for v in (x, y))
+    return float(np.corrcoef(rank_x, rank_y)[0, 1])
 
 
 def format_ap_at_each_iou(ap: Dict[float, float]) -> str:

@@ -171,6 +171,56 @@ def test_ap_by_iou_tool_reads_a_runs_saved_detections(tmp_path):
                                       + json.dumps({"iteration": 89, "loss_cls": 0.1}) + "\n")
     table = tmp_path / "table.md"
     tool.main([str(run), "--output", str(table)])
-    row = table.read_text().splitlines()[-1]
-    assert row.startswith("| FL gamma 2, alpha 0.25, no clipping, 90 iterations (steps 60,80), seed 3 | 89 | 95.0 |")
-    assert row.endswith("| 100.0 | 50.5 |")
+    name = "FL gamma 2, alpha 0.25, no clipping, 90 iterations (steps 60,80), seed 3"
+    ap_row, localisation_row = [line for line in table.read_text().splitlines() if line.startswith(f"| {name} |")]
+    assert ap_row.startswith(f"| {name} | 89 | 95.0 |") and ap_row.endswith("| 100.0 | 50.5 |")
+    assert localisation_row.startswith(f"| {name} | {len(coco['annotations'])} | ")
+
+
+def test_first_ranked_localisation_separates_the_boxes_from_their_ranking():
+    from detectron2.structures import BoxMode
+
+    from retina_plugin.evaluation import first_ranked_localisation
+
+    xyxy = BoxMode.XYXY_ABS
+    images = [
+        {"image_id": 1, "annotations": [
+            {"bbox": [0, 0, 10, 10], "bbox_mode": xyxy, "category_id": 0},      # a: two boxes of its class
+            {"bbox": [50, 50, 60, 60], "bbox_mode": xyxy, "category_id": 1},    # b: only a box of another class
+            {"bbox": [0, 0, 10, 10], "bbox_mode": xyxy, "category_id": 0, "iscrowd": 1},  # not an object
+        ]},
+        {"image_id": 2, "annotations": [{"bbox": [0, 0, 20, 20], "bbox_mode": xyxy, "category_id": 0}]},  # c: no detection
+        {"image_id": 3, "annotations": []},
+    ]
+    predictions = [{"image_id": 1, "instances": [
+        {"image_id": 1, "category_id": 0, "bbox": [0, 0, 10, 8], "score": 0.9},    # a at IoU 0.8, first
+        {"image_id": 1, "category_id": 0, "bbox": [0, 0, 10, 9.5], "score": 0.5},  # a at IoU 0.95
+        {"image_id": 1, "category_id": 0, "bbox": [50, 50, 10, 10], "score": 0.99},  # on b, wrong class
+    ]}]
+    found = first_ranked_localisation(images, predictions)
+    assert found["objects"] == 3
+    # a has a box at 0.95 but ranks the one at 0.8 first; b and c have none of their class.
+    assert found["best"] == pytest.approx({0.5: 100 / 3, 0.75: 100 / 3, 0.9: 100 / 3})
+    assert found["first"] == pytest.approx({0.5: 100 / 3, 0.75: 100 / 3, 0.9: 0.0})
+    assert found["mean_best"] == pytest.approx(0.95 / 3) and found["mean_first"] == pytest.approx(0.8 / 3)
+    assert found["score_iou_rank_correlation"] != found["score_iou_rank_correlation"]  # one box: no correlation
+    # Ranked the other way, the first box is the best one.
+    predictions[0]["instances"][1]["score"] = 0.95
+    assert first_ranked_localisation(images, predictions)["first"][0.9] == pytest.approx(100 / 3)
+
+
+def test_rank_correlation_of_score_and_iou_says_whether_better_boxes_score_higher():
+    from detectron2.structures import BoxMode
+
+    from retina_plugin.evaluation import first_ranked_localisation
+
+    # Four objects, each with one box of height 10 * IoU; scored in the order of their IoU, then against it.
+    ious = [0.6, 0.7, 0.8, 0.9]
+    images = [{"image_id": i, "annotations": [{"bbox": [0, 0, 10, 10], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0}]}
+              for i in range(len(ious))]
+    for scores, rho in (([0.2, 0.4, 0.6, 0.8], 1.0), ([0.8, 0.6, 0.4, 0.2], -1.0)):
+        predictions = [{"image_id": i, "instances": [{"image_id": i, "category_id": 0, "bbox": [0, 0, 10, 10 * iou], "score": score}]}
+                       for i, (iou, score) in enumerate(zip(ious, scores))]
+        found = first_ranked_localisation(images, predictions)
+        assert found["score_iou_rank_correlation"] == pytest.approx(rho)
+        assert found["mean_first"] == pytest.approx(sum(ious) / 4)

@@ -2,18 +2,21 @@
 """
 Box AP at each IoU threshold (0.50, 0.55, ..., 0.95) of training runs' last evaluation, from
 the detections it saved: where AP50 is saturated, whether a difference in AP is in the scores
-or in the boxes' precision.
+or in the boxes' precision. A second table separates the two: the share of objects that have a
+box at IoU 0.5, 0.75 and 0.9, against the share whose highest-scoring box reaches it
+(retina_plugin.evaluation.first_ranked_localisation).
 
     python tools/ap_by_iou.py output/sparse [output/other ...] [--output table.md]
 
 Each run directory holds the config.yaml train_net.py wrote and inference/instances_predictions.pth,
 which COCOEvaluator saves at each evaluation (the last one is the final model's; the table
 gives the iteration metrics.json logged with it). The detections are evaluated again on the config's DATASETS.TEST[0] with its TEST.COCO_EVAL_ENGINE; nothing
-is trained or inferred. Prints a markdown table, one row per run, and writes it to --output.
+is trained or inferred. Prints the markdown tables, one row per run, and writes them to --output.
 """
 import argparse
 import contextlib
 import io
+import json
 import os
 import sys
 import tempfile
@@ -25,7 +28,7 @@ from detectron2.data import DatasetCatalog  # noqa: E402
 
 from retina_plugin.ablations.runner import read_metrics, summarize_metrics  # noqa: E402
 from retina_plugin.config import get_retina_cfg  # noqa: E402
-from retina_plugin.evaluation import EngineCOCOEvaluator  # noqa: E402
+from retina_plugin.evaluation import EngineCOCOEvaluator, first_ranked_localisation  # noqa: E402
 
 PREDICTIONS = os.path.join("inference", "instances_predictions.pth")
 
@@ -52,13 +55,18 @@ def describe(cfg):
 
 
 def last_evaluation_iteration(run_dir):
-    """The iteration metrics.json logged with the run's last bbox AP, or None."""
+    """The iteration metrics.json logged with the run's last bbox AP, else the last point of
+    the curve the ablation runner kept in result.json, else None."""
     curve = summarize_metrics(read_metrics(run_dir))[1]
+    if not curve and os.path.isfile(os.path.join(run_dir, "result.json")):
+        with open(os.path.join(run_dir, "result.json")) as f:
+            curve = json.load(f).get("curve") or []
     return curve[-1][0] if curve else None
 
 
-def run_ap_at_each_iou(run_dir):
-    """(cfg, {IoU threshold: AP}) of a run directory's last evaluation."""
+def evaluate_run(run_dir):
+    """(cfg, {IoU threshold: AP}, first_ranked_localisation's dict) of a run directory's last
+    evaluation."""
     config_file = os.path.join(run_dir, "config.yaml")
     predictions_file = os.path.join(run_dir, PREDICTIONS)
     for path in (config_file, predictions_file):
@@ -72,7 +80,9 @@ def run_ap_at_each_iou(run_dir):
     predictions = torch.load(predictions_file, map_location="cpu", weights_only=True)
     # Loading a built-in set first makes (or finds) its files and sets its metadata's json_file,
     # which COCOEvaluator then reads, as after the test loader in training.
-    DatasetCatalog.get(cfg.DATASETS.TEST[0])
+    dataset_dicts = DatasetCatalog.get(cfg.DATASETS.TEST[0])
+    # Before evaluate(), which rewrites the detections' class ids to the data set's in place.
+    localisation = first_ranked_localisation(dataset_dicts, predictions)
     with tempfile.TemporaryDirectory() as scratch:  # the data set's COCO json, if it has none
         evaluator = EngineCOCOEvaluator(cfg.DATASETS.TEST[0], engine=cfg.TEST.COCO_EVAL_ENGINE, tasks=("bbox",),
                                         distributed=False, output_dir=scratch)
@@ -81,7 +91,7 @@ def run_ap_at_each_iou(run_dir):
         evaluator._predictions.extend(predictions)
         with contextlib.redirect_stdout(io.StringIO()):
             evaluator.evaluate()
-    return cfg, evaluator.ap_at_each_iou["bbox"]
+    return cfg, evaluator.ap_at_each_iou["bbox"], localisation
 
 
 def format_table(rows):
@@ -97,16 +107,34 @@ def format_table(rows):
     return "\n".join(lines)
 
 
+def format_localisation_table(rows):
+    """rows: [(name, first_ranked_localisation's dict)] as a markdown table."""
+    thresholds = list(rows[0][1]["best"])
+    at = " / ".join(f"{t:g}" for t in thresholds)
+    lines = [f"| run | objects | objects with a box at IoU {at} (%) | objects whose highest-scoring box is at IoU {at} (%) "
+             "| mean IoU: best box / highest-scoring box | rank correlation of score and IoU, highest-scoring boxes at IoU >= 0.5 |",
+             "|---|---|---|---|---|---|"]
+    for name, found in rows:
+        best = " / ".join(f"{found['best'][t]:.1f}" for t in thresholds)
+        first = " / ".join(f"{found['first'][t]:.1f}" for t in thresholds)
+        lines.append(f"| {name} | {found['objects']} | {best} | {first} | {found['mean_best']:.3f} / {found['mean_first']:.3f} "
+                     f"| {found['score_iou_rank_correlation']:.2f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", nargs="+", metavar="OUTPUT_DIR")
     parser.add_argument("--output", default=None, help="write the table to this markdown file too")
     args = parser.parse_args(argv)
-    rows = []
+    rows, localisation = [], []
     for run_dir in args.run_dirs:
-        cfg, ap = run_ap_at_each_iou(run_dir)
+        cfg, ap, found = evaluate_run(run_dir)
         rows.append((describe(cfg), last_evaluation_iteration(run_dir), ap))
-    table = format_table(rows)
+        localisation.append((describe(cfg), found))
+    table = (format_table(rows) + "\n\nThe boxes apart from their ranking (each detection assigned to the object "
+             "of its class it overlaps most; retina_plugin.evaluation.first_ranked_localisation):\n\n"
+             + format_localisation_table(localisation))
     print(table)
     if args.output:
         with open(args.output, "w") as f:
