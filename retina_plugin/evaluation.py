@@ -102,13 +102,15 @@ def first_ranked_localisation(dataset_dicts: Iterable[dict], predictions: List[d
         "first": {t: share(first, t) for t in thresholds},
         "mean_best": float(best.mean()) if best.size else float("nan"),
         "mean_first": float(first.mean()) if first.size else float("nan"),
-        "score_iou_rank_correlation": _spearman(first_score[found], first[found]),
+        "score_iou_rank_correlation": rank_correlation(first_score[found], first[found]),
     }
 
 
-def _spearman(x, y) -> float:
-    """Spearman's rank correlation of two equally long arrays (NaN for fewer than 3 values)."""
-    if len(x) < 3:
+def rank_correlation(x, y) -> float:
+    """Spearman's rank correlation of two equally long arrays: NaN for fewer than 3 values or
+    a constant array, where it says nothing."""
+    x, y = np.asarray(x), np.asarray(y)
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return float("nan")
     rank_x, rank_y = (np.argsort(np.argsort(v, kind="stable"), kind="stable").astype(float) for v in (x, y))
     return float(np.corrcoef(rank_x, rank_y)[0, 1])

@@ -91,3 +91,95 @@ def test_figure4_needs_a_checkpoint():
     tool = load_tool("plot_paper_figures")
     with pytest.raises(SystemExit):
         tool.main(["fig4", "--out", "unused.png"])
+
+
+def test_anchor_fit_by_hand():
+    from retina_plugin.analysis import object_anchor_fit, summarize_anchor_fit
+
+    gt_boxes = torch.tensor([[0.0, 0, 10, 10], [50, 50, 60, 60], [90, 90, 99, 99]])
+    gt_classes = torch.tensor([1, 0, 2])
+    # Anchors 0-3 matched to object 0, 4 to object 1, 5 ignored, 6 background; object 2 has none.
+    pred_boxes = torch.tensor([
+        [0.0, 0, 10, 8],     # IoU 0.8
+        [0, 0, 10, 9.5],     # 0.95
+        [0, 0, 10, 5],       # 0.5
+        [0, 0, 10, 10],      # 1.0
+        [50, 50, 60, 57.5],  # 0.75
+        [0, 0, 10, 10],      # ignored: not counted though it fits
+        [50, 50, 60, 60],    # background
+    ])
+    class_scores = torch.zeros(7, 3)
+    class_scores[:4, 1] = torch.tensor([0.9, 0.6, 0.3, 0.2])  # the 0.8 box first, the 1.0 box last
+    class_scores[:4, 0] = 1.0  # another class's scores do not count
+    class_scores[4, 0] = 0.4
+    matched_idxs = torch.tensor([0, 0, 0, 0, 1, 0, 1])
+    anchor_labels = torch.tensor([1, 1, 1, 1, 1, -1, 0])
+    objects = object_anchor_fit(pred_boxes, class_scores, gt_boxes, gt_classes, matched_idxs, anchor_labels)
+    assert len(objects) == 2
+    np.testing.assert_allclose(objects[0][0], [0.8, 0.95, 0.5, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(objects[0][1], [0.9, 0.6, 0.3, 0.2], rtol=1e-6)
+    np.testing.assert_allclose(objects[1][0], [0.75])
+    fit = summarize_anchor_fit(objects)
+    assert fit["objects"] == 2 and fit["anchors"] == 5
+    assert fit["anchors_at"] == pytest.approx({0.5: 100.0, 0.75: 80.0, 0.9: 40.0})
+    assert fit["mean_anchor_iou"] == pytest.approx((0.8 + 0.95 + 0.5 + 1.0 + 0.75) / 5)
+    assert fit["best_at"] == pytest.approx({0.5: 100.0, 0.75: 100.0, 0.9: 50.0})
+    assert fit["first_at"] == pytest.approx({0.5: 100.0, 0.75: 100.0, 0.9: 0.0})
+    assert fit["mean_best"] == pytest.approx((1.0 + 0.75) / 2) and fit["mean_first"] == pytest.approx((0.8 + 0.75) / 2)
+    # Object 0's scores rank its IoUs 0.8, 0.95, 0.5, 1.0 as 4, 3, 2, 1: rho -0.4; object 1 has one anchor.
+    assert fit["within_object_rank_correlation"] == pytest.approx(-0.4)
+    with pytest.raises(ValueError, match="no object has a matched anchor"):
+        summarize_anchor_fit([])
+
+
+def test_anchor_fit_of_a_model_whose_boxes_are_its_anchors():
+    from detectron2.structures import Boxes, pairwise_iou
+
+    from retina_plugin.analysis import anchor_box_fit
+
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg())
+    with torch.no_grad():  # zero deltas: each anchor predicts itself
+        model.head.bbox_pred.weight.zero_()
+        model.head.bbox_pred.bias.zero_()
+    batch = tiny_batch()
+    fit = anchor_box_fit(model, [batch])
+    # Measured apart: the matcher's positives and their anchors' IoU with their object.
+    images = model.preprocess_image(batch)
+    with torch.no_grad():
+        features = model.backbone(images.tensor)
+    anchors = Boxes.cat(model.anchor_generator([features[f] for f in model.head_in_features]))
+    ious, objects = [], 0
+    for inputs in batch:
+        quality = pairwise_iou(inputs["instances"].gt_boxes, anchors)
+        matched_idxs, anchor_labels = model.anchor_matcher(quality)
+        positive = anchor_labels == 1
+        ious.append(quality[matched_idxs[positive], positive.nonzero()[:, 0]])
+        objects += len(set(matched_idxs[positive].tolist()))
+    ious = torch.cat(ious).double()
+    assert fit["anchors"] == len(ious) > 0 and fit["objects"] == objects
+    assert fit["mean_anchor_iou"] == pytest.approx(float(ious.mean()), rel=1e-5)
+    assert fit["anchors_at"][0.5] == pytest.approx(float((ious >= 0.5).double().mean() * 100))
+    assert fit["mean_best"] >= fit["mean_first"]
+
+
+def test_anchor_fit_tool_reads_a_runs_checkpoint(tmp_path):
+    categories = make_categories(3)
+    write_synthetic_coco(tmp_path / "images", tmp_path / "val.json", categories, 2, image_size=(96, 96), sizes=(12, 40))
+    register_coco_dataset("anchor_fit_test_val", str(tmp_path / "val.json"), str(tmp_path / "images"))
+    cfg = tiny_cfg()
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 96, 96
+    cfg.DATASETS.TEST = ("anchor_fit_test_val",)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(cfg.dump())
+    tool = load_tool("anchor_fit")
+    with pytest.raises(SystemExit, match="no model_final.pth. Give the OUTPUT_DIR of a train_net.py run"):
+        tool.main([str(run)])
+    torch.manual_seed(0)
+    DetectionCheckpointer(build_model(cfg), save_dir=str(run)).save("model_final")
+    tool.main([str(run), "--output", str(tmp_path / "fit.md")])
+    rows = [line for line in (tmp_path / "fit.md").read_text().splitlines() if line.startswith("| FL gamma 2")]
+    assert len(rows) == 1
+    objects, anchors = (int(cell) for cell in rows[0].split(" | ")[1:3])
+    assert 0 < objects <= anchors

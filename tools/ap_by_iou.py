@@ -27,31 +27,11 @@ import torch  # noqa: E402
 from detectron2.data import DatasetCatalog  # noqa: E402
 
 from retina_plugin.ablations.runner import read_metrics, summarize_metrics  # noqa: E402
+from retina_plugin.analysis import describe_run  # noqa: E402
 from retina_plugin.config import get_retina_cfg  # noqa: E402
 from retina_plugin.evaluation import EngineCOCOEvaluator, first_ranked_localisation  # noqa: E402
 
 PREDICTIONS = os.path.join("inference", "instances_predictions.pth")
-
-
-def describe(cfg):
-    """A run in a few words: its loss, Sampling-Free's pieces, clipping, schedule and seed."""
-    retina = cfg.MODEL.RETINANET
-    alpha, gamma = retina.FOCAL_LOSS_ALPHA, retina.FOCAL_LOSS_GAMMA
-    alpha_text = "per-class alpha" if isinstance(alpha, (list, tuple)) else f"alpha {alpha:g}"
-    if retina.CLS_LOSS_TYPE != "focal":
-        loss = retina.CLS_LOSS_TYPE
-    elif gamma == 0:
-        loss = "CE" if alpha == -1 else f"balanced CE, {alpha_text}"
-    else:
-        loss = f"FL gamma {gamma:g}, {alpha_text}"
-    sampling_free = [name for name, on in (("guided scaling", retina.LOSS_NORMALIZER == "guided"),
-                                            ("prior from data", retina.SAMPLING_FREE.PRIOR_FROM_DATA),
-                                            ("adaptive threshold", retina.SAMPLING_FREE.ADAPTIVE_SCORE_THRESH)) if on]
-    if sampling_free:
-        loss += f" ({', '.join(sampling_free)})"
-    clipping = "clipping" if cfg.SOLVER.CLIP_GRADIENTS.ENABLED else "no clipping"
-    steps = ",".join(map(str, cfg.SOLVER.STEPS))
-    return f"{loss}, {clipping}, {cfg.SOLVER.MAX_ITER} iterations (steps {steps}), seed {cfg.SEED}"
 
 
 def last_evaluation_iteration(run_dir):
@@ -130,8 +110,8 @@ def main(argv=None):
     rows, localisation = [], []
     for run_dir in args.run_dirs:
         cfg, ap, found = evaluate_run(run_dir)
-        rows.append((describe(cfg), last_evaluation_iteration(run_dir), ap))
-        localisation.append((describe(cfg), found))
+        rows.append((describe_run(cfg), last_evaluation_iteration(run_dir), ap))
+        localisation.append((describe_run(cfg), found))
     table = (format_table(rows) + "\n\nThe boxes apart from their ranking (each detection assigned to the object "
              "of its class it overlaps most; retina_plugin.evaluation.first_ranked_localisation):\n\n"
              + format_localisation_table(localisation))

@@ -29,6 +29,7 @@ from retina_plugin.analysis import (  # noqa: E402
     collect_p_t,
     cumulative_normalized_loss,
     loss_against_p_t,
+    trained_model_and_batches,
 )
 
 
@@ -78,11 +79,6 @@ def figure4(samples, path, gammas=FIGURE4_GAMMAS):
 def load_samples(args):
     import torch
 
-    from detectron2.data import DatasetMapper, build_detection_test_loader
-    from detectron2.data import transforms as T
-    from detectron2.modeling import build_model
-
-    from retina_plugin.checkpoint import SafeDetectionCheckpointer
     from retina_plugin.config import get_retina_cfg
 
     cfg = get_retina_cfg(args.config_file, args.opts)
@@ -91,18 +87,7 @@ def load_samples(args):
     dataset = args.dataset_name or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
     if dataset is None:
         raise SystemExit("No data set: give --dataset-name or set DATASETS.TEST in the config.")
-    model = build_model(cfg)
-    checkpointer = SafeDetectionCheckpointer(model)
-    checkpointer.load(args.weights)
-    checkpointer.require_complete_load(args.weights)
-    # Training's matching needs the annotations, which the test mapper drops; test-time resize.
-    mapper = DatasetMapper(
-        is_train=True,
-        augmentations=[T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)],
-        image_format=cfg.INPUT.FORMAT,
-    )
-    loader = build_detection_test_loader(cfg, dataset, mapper=mapper)
-    batches = (batch for i, batch in enumerate(loader) if i < args.max_images)
+    model, batches = trained_model_and_batches(cfg, args.weights, dataset, args.max_images)
     return collect_p_t(model, batches, negatives_per_image=args.negatives_per_image)
 
 
