@@ -69,12 +69,17 @@ def test_figure4_samples_of_an_untrained_model_sit_at_the_prior():
     assert len(few["negative"]) == 2 * 50
 
 
-def test_figure4_png_from_a_checkpoint(tmp_path):
-    categories = make_categories(3)
-    write_synthetic_coco(tmp_path / "images", tmp_path / "val.json", categories, 2, image_size=(96, 96), sizes=(12, 40))
-    register_coco_dataset("analysis_test_val", str(tmp_path / "val.json"), str(tmp_path / "images"))
+def tiny_val_set_and_cfg(tmp_path, name):
+    """Two 96x96 images of 3 classes registered as `name`, and a tiny config that tests at their size."""
+    write_synthetic_coco(tmp_path / "images", tmp_path / "val.json", make_categories(3), 2, image_size=(96, 96), sizes=(12, 40))
+    register_coco_dataset(name, str(tmp_path / "val.json"), str(tmp_path / "images"))
     cfg = tiny_cfg()
     cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 96, 96
+    return cfg
+
+
+def test_figure4_png_from_a_checkpoint(tmp_path):
+    cfg = tiny_val_set_and_cfg(tmp_path, "analysis_test_val")
     (tmp_path / "config.yaml").write_text(cfg.dump())
     torch.manual_seed(0)
     DetectionCheckpointer(build_model(cfg), save_dir=str(tmp_path)).save("model")
@@ -164,11 +169,7 @@ def test_anchor_fit_of_a_model_whose_boxes_are_its_anchors():
 
 
 def test_anchor_fit_tool_reads_a_runs_checkpoint(tmp_path):
-    categories = make_categories(3)
-    write_synthetic_coco(tmp_path / "images", tmp_path / "val.json", categories, 2, image_size=(96, 96), sizes=(12, 40))
-    register_coco_dataset("anchor_fit_test_val", str(tmp_path / "val.json"), str(tmp_path / "images"))
-    cfg = tiny_cfg()
-    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 96, 96
+    cfg = tiny_val_set_and_cfg(tmp_path, "anchor_fit_test_val")
     cfg.DATASETS.TEST = ("anchor_fit_test_val",)
     run = tmp_path / "run"
     run.mkdir()
