@@ -129,8 +129,8 @@ def steps_label(steps) -> str:
 # pairs them). Runs of one loss and seed share their iterations up to the first step that
 # differs (prefix.py): the paper's steps at 6000 start from the late steps' 6000 at 3999.
 PAPER_SETUP_LR = 0.02
-PAPER_SETUP_ITERATIONS = 3000
-PAPER_SETUP_STEPS = LATE_STEPS
+PAPER_SETUP_ITERATIONS = 24000
+PAPER_SETUP_STEPS = PAPERS_STEPS
 SCHEDULE_CHECK = ((48000, PAPERS_STEPS), (24000, PAPERS_STEPS), (12000, LATE_STEPS), (12000, PAPERS_STEPS),
                   (6000, LATE_STEPS), (6000, PAPERS_STEPS), (3000, LATE_STEPS), (3000, PAPERS_STEPS))
 
