@@ -1,5 +1,6 @@
-"""The ablation grids and their runner (retina_plugin/ablations.py, tools/run_ablations.py)."""
+"""The ablation grids and their runner (retina_plugin/ablations/, tools/run_ablations.py)."""
 import csv
+import json
 import os
 import shutil
 
@@ -10,7 +11,7 @@ from detectron2.config import get_cfg
 import retina_plugin
 from retina_plugin import ablations
 from retina_plugin.ablations import GRIDS, Cell, Grid, Result, run_grids, write_reports
-from retina_plugin.ablations.runner import machines_of
+from retina_plugin.ablations.run_dir import machines_of
 from retina_plugin.machine import describe_machine
 
 from helpers import REPO
@@ -348,6 +349,33 @@ def test_progress_names_running_runs_their_iteration_and_an_eta(tmp_path):
     line = progress.line()
     assert line.startswith("runs done 2 of 6; [FL gamma 2, alpha 0.25, seed 0: starting]; ETA ")
     assert line.endswith("(20 min)")  # 4 runs left, 600 s each, 2 at once
+
+
+def test_progress_eta_counts_a_resumed_run_for_the_part_it_trained(tmp_path):
+    runs = ablations.grid_runs(["headline_scratch"], seeds=2)
+    resumed, running, diverged = list(runs.values())[:3]
+
+    def trained_until(cell, iteration):
+        os.makedirs(tmp_path / "cells" / cell.key, exist_ok=True)
+        with open(tmp_path / "cells" / cell.key / "metrics.json", "a") as f:
+            f.write(json.dumps({"iteration": iteration - 1, "loss_cls": 1.0}) + "\n")
+
+    progress = ablations.Progress(runs, str(tmp_path), jobs=2, max_iter=3000)
+    trained_until(resumed, 1500)  # parked half-way by an earlier session
+    progress.started(resumed)
+    progress.started(diverged)
+    trained_until(diverged, 100)
+    progress.finished(diverged, Result("diverged", {}, seconds=30.0), trained=True)
+    assert progress.line().startswith("runs done 1 of 6; ")
+    assert progress.line().endswith("ETA after the first run finishes")  # a diverged run's time is no run's
+    trained_until(resumed, 3000)
+    progress.finished(resumed, Result("ok", {"AP": 2.0}, seconds=600.0), trained=True)
+    progress.started(running)
+    trained_until(running, 1500)
+    line = progress.line()
+    assert line.startswith("runs done 2 of 6; [balanced CE, alpha 0.75, seed 0: iteration 1500/3000]; ETA ")
+    # 600 s for half a run: 1200 s a run; 4 runs left, of which half of one is done, 2 at once
+    assert line.endswith("(35 min)")
 
 
 def test_a_run_with_the_same_resolved_config_is_reused_not_retrained(tmp_path):

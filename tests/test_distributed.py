@@ -1,6 +1,5 @@
 """--num-gpus 2 on a machine without CUDA: two processes over gloo train and evaluate, and end
 where one process with the same total batch ends."""
-import json
 import os
 import re
 import subprocess

@@ -151,7 +151,7 @@ def test_the_runner_starts_a_run_from_a_sibling_of_another_schedule_and_the_repo
     trained, lines = [], []
 
     def run_cell(cell, out_dir, *args, **kwargs):  # trains nothing: what it would start from
-        directory = ablations.runner.cell_dir(cell, out_dir)
+        directory = ablations.run_dir.cell_dir(cell, out_dir)
         trained.append((cell.key, open(os.path.join(directory, "last_checkpoint")).read()
                         if os.path.isfile(os.path.join(directory, "last_checkpoint")) else None))
         return Result("ok", {"AP": 50.0}, shared_prefix_from=shared_prefix_of(directory))

@@ -103,7 +103,7 @@ def wait_for(condition, timeout, what):
 
 
 def iteration_of(directory):
-    from retina_plugin.ablations.runner import last_iteration
+    from retina_plugin.ablations.run_dir import last_iteration
 
     return last_iteration(str(directory)) or 0
 

@@ -1,14 +1,16 @@
 """
 The paper's ablations and the imbalance sweep: named grids of config overrides (grids.py),
-run through train_net.py, one process per cell and seed (runner.py), each run's outcome a
-Result (result.py), and reported as a
-markdown table, a CSV and PNG plots beside the paper's numbers (report.py). The command line
-is tools/run_ablations.py.
+run through train_net.py, one process per cell and seed (runner.py, its progress line in
+progress.py), each run's outcome a Result (result.py) read back from its directory (run_dir.py),
+and reported as a markdown table, a CSV and PNG plots beside the paper's numbers (report.py).
+The command line is tools/run_ablations.py.
 """
 from .grids import GRIDS, METRICS, PAPER_SOURCE, SWEEP_DATA, Cell, Grid, focal
 from .report import plot_series, sweep_points, write_reports
 from .result import Result, format_ap
-from .runner import Progress, finished_result, grid_runs, read_metrics, run_cell, run_grids
+from .progress import Progress
+from .run_dir import finished_result, read_metrics
+from .runner import grid_runs, run_cell, run_grids
 
 __all__ = [
     "GRIDS", "METRICS", "PAPER_SOURCE", "SWEEP_DATA", "Cell", "Grid", "focal",

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import threading
@@ -19,82 +18,19 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional, Sequence
 
-from ..machine import machines_in_log
 from .configs import config_differences
-from .grids import GRIDS, METRICS, Cell
+from .grids import GRIDS, Cell
 from .prefix import cell_dirs_under, shared_prefix_of, start_from_shared_prefix
+from .progress import Progress
 from .result import Result, format_ap
+from .run_dir import (
+    cell_dir, finished_result, last_iteration, machines_of, median_of, read_metrics, summarize_metrics,
+)
 
 
 DIVERGED = re.compile(r"Loss became infinite or NaN at iteration=(\d+)")
 # train_net.py logs which pretrained backbone a run starts from (retina_plugin.pretrain.require_pretrained).
 PRETRAINED_BACKBONE = re.compile(r"Pretrained backbone: \S+ is .* \(sha256 ([0-9a-f]+)\)")
-
-
-def read_metrics(output_dir) -> List[dict]:
-    """The records of an OUTPUT_DIR's metrics.json; a resumed run's repeat of an iteration
-    replaces the earlier record of it."""
-    path = os.path.join(output_dir, "metrics.json")
-    by_iteration = {}
-    if os.path.isfile(path):
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                try:
-                    record = json.loads(line) if line else None
-                except json.JSONDecodeError:  # a line cut short by a kill
-                    record = None
-                if record is not None:
-                    key = (record.get("iteration", -1), "bbox/AP" in record)
-                    by_iteration[key] = {**by_iteration.get(key, {}), **record}
-    return [by_iteration[k] for k in sorted(by_iteration)]
-
-
-def summarize_metrics(records: List[dict]):
-    """(final bbox metrics {AP: ...}, [(iteration, AP)], median of neg_pairs_per_pos)."""
-    evaluations = [r for r in records if "bbox/AP" in r]
-    final = {m: evaluations[-1].get(f"bbox/{m}", float("nan")) for m in METRICS} if evaluations else {}
-    curve = [(int(r.get("iteration", 0)), r["bbox/AP"]) for r in evaluations]
-    return final, curve, median_of(records, "neg_pairs_per_pos")
-
-
-def median_of(records: List[dict], name) -> Optional[float]:
-    """The median over the training records of the finite values of the scalar `name`."""
-    values = [r[name] for r in records if isinstance(r.get(name), (int, float)) and r[name] == r[name]]
-    return statistics.median(values) if values else None
-
-
-def last_iteration(output_dir) -> Optional[int]:
-    """The last training iteration an OUTPUT_DIR's metrics.json has (its progress); an
-    evaluation's record is not one (the final one is logged at iteration MAX_ITER)."""
-    path = os.path.join(output_dir, "metrics.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path, "rb") as f:
-        f.seek(max(0, os.path.getsize(path) - 65536))  # past an evaluation's long record
-        lines = f.read().decode(errors="ignore").strip().splitlines()
-    for line in reversed(lines):
-        try:
-            record = json.loads(line)
-            if "bbox/AP" not in record:
-                return int(record["iteration"])
-        except (ValueError, KeyError, TypeError):
-            continue
-    return None
-
-
-def machines_of(output_dir) -> List[str]:
-    """The machines that trained an OUTPUT_DIR's run, from its log.txt, which every start of
-    train_net.py appends to (run.log is only the runner's last call)."""
-    path = os.path.join(output_dir, "log.txt")
-    if not os.path.isfile(path):
-        return []
-    with open(path, errors="replace") as f:
-        return machines_in_log(f.read())
-
-
-def cell_dir(cell: Cell, out_dir) -> str:
-    return os.path.join(out_dir, "cells", cell.key)
 
 
 def run_cell(cell: Cell, out_dir, base_args: List[str], extra_opts: List[str], threads=None, launch=None):
@@ -208,18 +144,6 @@ def reuse_same_run(cell: Cell, out_dir, cfg, candidates: Sequence[str]) -> Optio
     return None
 
 
-def finished_result(cell: Cell, out_dir) -> Optional[Result]:
-    """The Result of a cell finished before, or None."""
-    result_file = os.path.join(cell_dir(cell, out_dir), "result.json")
-    if not os.path.isfile(result_file):
-        return None
-    with open(result_file) as f:
-        result = Result(**json.load(f))
-    if result.background_share is None:  # a run finished before the field: from its metrics
-        result.background_share = median_of(read_metrics(cell_dir(cell, out_dir)), "cls_loss_background_share")
-    return result
-
-
 def grid_runs(names, seeds=None, only: Sequence[str] = ()) -> Dict[str, Cell]:
     """{key: cell} of every distinct run of the named grids, each seed its own run: every
     cell's first seed first, so that an unfinished run of the grids already compares them all.
@@ -260,44 +184,6 @@ def unfinished_runs(runs: Dict[str, Cell], out_dir, max_iter=None) -> List[str]:
             + (f", resumes from {checkpoint}" if checkpoint else ", no checkpoint: starts again")
         )
     return lines
-
-
-class Progress:
-    """Which runs are done, which are running and where, and an ETA from the finished ones."""
-
-    def __init__(self, runs: Dict[str, Cell], out_dir, jobs, max_iter=None, log=print):
-        self.total, self.out_dir, self.jobs, self.max_iter, self.log = len(runs), out_dir, jobs, max_iter, log
-        self.done_before = sum(finished_result(c, out_dir) is not None for c in runs.values())
-        self.finished_now: List[float] = []
-        self.running: Dict[str, Cell] = {}
-        self.lock = threading.Lock()
-
-    def started(self, cell):
-        with self.lock:
-            self.running[cell.key] = cell
-
-    def finished(self, cell, result: Result, trained: bool):
-        with self.lock:
-            self.running.pop(cell.key, None)
-            if trained and result.seconds:
-                self.finished_now.append(result.seconds)
-
-    def line(self) -> str:
-        with self.lock:
-            done = self.done_before + len(self.finished_now)
-            parts = [f"runs done {done} of {self.total}"]
-            for cell in self.running.values():
-                seed = dict(cell.overrides).get("SEED")
-                at = last_iteration(cell_dir(cell, self.out_dir))
-                where = "starting" if at is None else f"iteration {at + 1}" + (f"/{self.max_iter}" if self.max_iter else "")
-                parts.append(f"[{cell.label}" + (f", seed {seed}" if seed is not None else "") + f": {where}]")
-            left = self.total - done
-            if self.finished_now and left:
-                eta = statistics.mean(self.finished_now) * left / self.jobs
-                parts.append(f"ETA {time.strftime('%H:%M', time.localtime(time.time() + eta))} ({eta / 60:.0f} min)")
-            elif left:
-                parts.append("ETA after the first run finishes")
-        return "; ".join(parts)
 
 
 def run_grids(names, out_dir, base_args, extra_opts=(), jobs=1, log=print, dry=False, seeds=None,

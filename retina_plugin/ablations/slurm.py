@@ -25,7 +25,8 @@ from typing import Callable, Dict, List, Optional
 
 from .grids import Cell
 from .result import Result, format_ap
-from .runner import cell_dir, finished_result, last_iteration, run_cell
+from .run_dir import cell_dir, finished_result, last_iteration
+from .runner import run_cell
 
 ACTIVE_STATES = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
                  "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "PREEMPTED")

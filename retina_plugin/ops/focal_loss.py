@@ -15,7 +15,6 @@ import logging
 
 import torch
 from torch.autograd.function import once_differentiable
-from torch.nn import functional as F
 
 logger = logging.getLogger(__name__)
 

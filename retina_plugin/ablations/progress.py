@@ -1,0 +1,70 @@
+"""
+The runner's progress line: how many runs of the grids are done, which run now and at which
+iteration, and when all should be done.
+"""
+import statistics
+import threading
+import time
+from typing import Dict, List
+
+from .grids import Cell
+from .result import Result
+from .run_dir import cell_dir, finished_result, last_iteration
+
+
+class Progress:
+    """Which runs are done, which are running and where, and an ETA from the iterations the
+    finished ones trained in this process."""
+
+    def __init__(self, runs: Dict[str, Cell], out_dir, jobs, max_iter=None, log=print):
+        self.total, self.out_dir, self.jobs, self.max_iter, self.log = len(runs), out_dir, jobs, max_iter, log
+        self.done_before = sum(finished_result(c, out_dir) is not None for c in runs.values())
+        self.finished_now = 0
+        # Seconds a whole run takes, from the runs finished now. A run resumed from a checkpoint
+        # trained only part of its schedule: its time counts for that part, not for a run; a
+        # diverged or failed run stopped early and says nothing of a run's length.
+        self.seconds_per_run: List[float] = []
+        self.iterations_per_run: List[int] = []
+        self.started_at: Dict[str, int] = {}
+        self.running: Dict[str, Cell] = {}
+        self.lock = threading.Lock()
+
+    def _iterations_done(self, cell) -> int:
+        at = last_iteration(cell_dir(cell, self.out_dir))
+        return 0 if at is None else at + 1
+
+    def started(self, cell):
+        with self.lock:
+            self.running[cell.key] = cell
+            self.started_at[cell.key] = self._iterations_done(cell)
+
+    def finished(self, cell, result: Result, trained: bool):
+        with self.lock:
+            self.running.pop(cell.key, None)
+            self.finished_now += trained
+            total = self._iterations_done(cell)
+            trained_now = total - self.started_at.pop(cell.key, 0)
+            if trained and result.status == "ok" and result.seconds and trained_now > 0:
+                self.seconds_per_run.append(result.seconds * total / trained_now)
+                self.iterations_per_run.append(total)
+
+    def line(self) -> str:
+        with self.lock:
+            done = self.done_before + self.finished_now
+            parts = [f"runs done {done} of {self.total}"]
+            for cell in self.running.values():
+                seed = dict(cell.overrides).get("SEED")
+                at = last_iteration(cell_dir(cell, self.out_dir))
+                where = "starting" if at is None else f"iteration {at + 1}" + (f"/{self.max_iter}" if self.max_iter else "")
+                parts.append(f"[{cell.label}" + (f", seed {seed}" if seed is not None else "") + f": {where}]")
+            left = self.total - done
+            if self.seconds_per_run and left:
+                # The running runs' done share is not left: a run's length is MAX_ITER, or
+                # the finished runs' when the grids set none.
+                length = self.max_iter or statistics.median(self.iterations_per_run)
+                running_done = sum(min(1.0, self._iterations_done(cell) / length) for cell in self.running.values())
+                eta = statistics.mean(self.seconds_per_run) * (left - running_done) / self.jobs
+                parts.append(f"ETA {time.strftime('%H:%M', time.localtime(time.time() + eta))} ({eta / 60:.0f} min)")
+            elif left:
+                parts.append("ETA after the first run finishes")
+        return "; ".join(parts)
