@@ -26,7 +26,7 @@ import retina_plugin  # noqa: E402,F401  (registers the built-in data sets)
 import torch  # noqa: E402
 from detectron2.data import DatasetCatalog  # noqa: E402
 
-from retina_plugin.ablations.runner import read_metrics, summarize_metrics  # noqa: E402
+from retina_plugin.ablations.run_dir import read_metrics, summarize_metrics  # noqa: E402
 from retina_plugin.analysis import describe_run  # noqa: E402
 from retina_plugin.config import get_retina_cfg  # noqa: E402
 from retina_plugin.evaluation import EngineCOCOEvaluator, first_ranked_localisation  # noqa: E402

@@ -17,7 +17,7 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from retina_plugin.ablations.runner import read_metrics, summarize_metrics  # noqa: E402
+from retina_plugin.ablations.run_dir import read_metrics, summarize_metrics  # noqa: E402
 
 
 def ap_curve(run_dir):
