@@ -52,17 +52,19 @@ class Progress:
         with self.lock:
             done = self.done_before + self.finished_now
             parts = [f"runs done {done} of {self.total}"]
+            running_iterations = []
             for cell in self.running.values():
                 seed = dict(cell.overrides).get("SEED")
-                at = last_iteration(cell_dir(cell, self.out_dir))
-                where = "starting" if at is None else f"iteration {at + 1}" + (f"/{self.max_iter}" if self.max_iter else "")
+                iterations = self._iterations_done(cell)
+                running_iterations.append(iterations)
+                where = f"iteration {iterations}" + (f"/{self.max_iter}" if self.max_iter else "") if iterations else "starting"
                 parts.append(f"[{cell.label}" + (f", seed {seed}" if seed is not None else "") + f": {where}]")
             left = self.total - done
             if self.seconds_per_run and left:
                 # The running runs' done share is not left: a run's length is MAX_ITER, or
                 # the finished runs' when the grids set none.
                 length = self.max_iter or statistics.median(self.iterations_per_run)
-                running_done = sum(min(1.0, self._iterations_done(cell) / length) for cell in self.running.values())
+                running_done = sum(min(1.0, iterations / length) for iterations in running_iterations)
                 eta = statistics.mean(self.seconds_per_run) * (left - running_done) / self.jobs
                 parts.append(f"ETA {time.strftime('%H:%M', time.localtime(time.time() + eta))} ({eta / 60:.0f} min)")
             elif left:
