@@ -16,8 +16,8 @@ class Progress:
     """Which runs are done, which are running and where, and an ETA from the iterations the
     finished ones trained in this process."""
 
-    def __init__(self, runs: Dict[str, Cell], out_dir, jobs, max_iter=None, log=print):
-        self.total, self.out_dir, self.jobs, self.max_iter, self.log = len(runs), out_dir, jobs, max_iter, log
+    def __init__(self, runs: Dict[str, Cell], out_dir, jobs, max_iter=None):
+        self.total, self.out_dir, self.jobs, self.max_iter = len(runs), out_dir, jobs, max_iter
         self.done_before = sum(finished_result(c, out_dir) is not None for c in runs.values())
         self.finished_now = 0
         # Seconds a whole run takes, from the runs finished now. A run resumed from a checkpoint
@@ -57,7 +57,8 @@ class Progress:
                 seed = dict(cell.overrides).get("SEED")
                 iterations = self._iterations_done(cell)
                 running_iterations.append(iterations)
-                where = f"iteration {iterations}" + (f"/{self.max_iter}" if self.max_iter else "") if iterations else "starting"
+                of_max = f"/{self.max_iter}" if self.max_iter else ""
+                where = f"iteration {iterations}{of_max}" if iterations else "starting"
                 parts.append(f"[{cell.label}" + (f", seed {seed}" if seed is not None else "") + f": {where}]")
             left = self.total - done
             if self.seconds_per_run and left:

@@ -258,7 +258,7 @@ def run_grids(names, out_dir, base_args, extra_opts=(), jobs=1, log=print, dry=F
             start_from_a_sibling(cell)
         return {**finished_elsewhere, **execute(runs)}
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    progress = Progress(runs, out_dir, jobs, max_iter, log)
+    progress = Progress(runs, out_dir, jobs, max_iter)
     stop = threading.Event()
 
     def report_progress():
