@@ -515,3 +515,31 @@ def test_compare_curves_puts_two_runs_evaluations_side_by_side(tmp_path, capsys)
         tool.main([a, str(tmp_path)])
     with pytest.raises(SystemExit, match="no evaluation at the same iteration up to 100"):
         tool.main([a, b, "--until", "100"])
+
+
+def test_headline_report_compares_losses_and_clipping_seed_by_seed(tmp_path):
+    # AP per loss and seed, without clipping; with clipping each is 2 lower, but for CE's
+    # seed 1, which clipping helps. Balanced CE's seed 2 diverged without clipping.
+    aps = {"CE": [80.0, 81.0, 79.0], "balanced CE, alpha 0.75": [83.0, 82.0, None],
+           "FL gamma 2, alpha 0.25": [84.0, 82.5, 84.0], "Sampling-Free CE": [83.5, 81.0, 83.0]}
+    results = {}
+    for cell in GRIDS["headline"].cells:
+        params = dict(cell.params)
+        for seed, run in enumerate(cell.seeded(3)):
+            ap = aps[params["loss"]][seed]
+            if ap is None and not params["clipping"]:
+                results[run.key] = Result("diverged", iteration=40)
+                continue
+            ap = ap if ap is not None else 81.0
+            if params["clipping"]:
+                ap += 3.0 if (params["loss"], seed) == ("CE", 1) else -2.0
+            results[run.key] = Result("ok", metrics_of(ap))
+    md = open(write_reports(["headline"], results, str(tmp_path), seeds=3)["md"]).read()
+    assert "| FL gamma 2, alpha 0.25, no clipping | +1.0, +0.5, - | +0.8 ± 0.4 | 2 of 2 |" in md
+    assert "| Sampling-Free CE, no clipping | +0.5, -1.0, - | -0.2 ± 1.1 | 1 of 2 |" in md
+    assert "| CE, clipping at norm 5 | -3.0, +4.0, -2.0 | -0.3 ± 3.8 | 1 of 3 |" in md
+    assert "| CE | -2.0, +3.0, -2.0 | -0.3 ± 2.9 | 1 of 3 |" in md
+    assert "| balanced CE, alpha 0.75 | -2.0, -2.0, - | -2.0 ± 0.0 | 0 of 2 |" in md
+    # Without seeds there is nothing to pair: the grid's own table only.
+    md = open(write_reports(["headline"], results, str(tmp_path))["md"]).read()
+    assert "seed by seed" not in md.lower()

@@ -61,6 +61,10 @@ class Grid:
     # CE) against the imbalance R that training measured. "schedule": cells differ in their
     # "iterations" param; reported with the AP each gains at twice the iterations.
     kind: str = "table"
+    # A grid of losses crossed with a factor (its cells' "loss" param and the `factor` param):
+    # reported seed by seed, each loss against `reference` and the factor's effect on each.
+    reference: str = ""
+    factor: str = ""
 
 
 def focal(alpha, gamma, label=None, paper_ap=None, **more):
@@ -262,7 +266,13 @@ GRIDS: Dict[str, Grid] = {
     ),
     "headline": Grid(
         "CE, balanced CE, FL and Sampling-Free, without and with gradient clipping",
-        tuple(clipping(cell, enabled) for enabled in (False, True) for cell in HEADLINE_LOSSES),
+        tuple(
+            clipping(replace(cell, params=cell.params + (("loss", cell.label),)), enabled)
+            for enabled in (False, True)
+            for cell in HEADLINE_LOSSES
+        ),
+        reference="balanced CE, alpha 0.75",
+        factor="clipping",
         note="Run with configs/sparse.yaml (the paper's setup: a pretrained backbone, lr 0.02 "
         "at batch 8 and the schedule the schedule grid measured). The paper: FL beats the best balanced CE by about "
         "3 AP (Table 1a/b). Sampling-Free (Chen et al. 2019) reports CE with its three "

@@ -9,31 +9,12 @@ import math
 import os
 import statistics
 import textwrap
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from .grids import GRIDS, METRICS, PAPER_SOURCE, Cell
-from .result import Result, format_ap
-
-
-def cell_runs(cell: Cell, results: Dict[str, Result], seeds=None) -> List[Optional[Result]]:
-    """The results of a cell's runs (None for a run not finished), in seed order."""
-    return [results.get(run.key) for run in cell.seeded(seeds)]
-
-
-def mean_std(values):
-    """(mean, sample standard deviation) of the finite values; std 0 for one value; NaNs if none."""
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    if not values:
-        return math.nan, math.nan
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def summarize(runs: List[Optional[Result]], metric="AP"):
-    """(mean, std, number of finished ok runs) of a metric over a cell's runs."""
-    values = [r.metrics.get(metric) for r in runs if r is not None and r.status == "ok"]
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    mean, std = mean_std(values)
-    return mean, std, len(values)
+from .paired import paired_tables
+from .result import format_ap
+from .seeds import cell_runs, mean_std, summarize
 
 
 def format_mean(mean, std, count) -> str:
@@ -110,6 +91,8 @@ def write_reports(names, results, out_dir, title_note="", seeds=None):
             md += sweep_table(name, results, seeds)
         if grid.kind == "schedule":
             md += schedule_table(name, results, seeds)
+        if grid.reference and seeds is not None:
+            md += paired_tables(name, results, seeds)
     md.append(f"paper's AP: {PAPER_SOURCE}, for reference; not measured here.\n")
     os.makedirs(out_dir, exist_ok=True)
     paths = {"md": os.path.join(out_dir, "results.md"), "csv": os.path.join(out_dir, "results.csv")}
