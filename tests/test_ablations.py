@@ -540,6 +540,10 @@ def test_headline_report_compares_losses_and_clipping_seed_by_seed(tmp_path):
     assert "| CE, clipping at norm 5 | -3.0, +4.0, -2.0 | -0.3 ± 3.8 | 1 of 3 |" in md
     assert "| CE | -2.0, +3.0, -2.0 | -0.3 ± 2.9 | 1 of 3 |" in md
     assert "| balanced CE, alpha 0.75 | -2.0, -2.0, - | -2.0 ± 0.0 | 0 of 2 |" in md
+    # A difference that prints as +0.0 is not a seed ahead.
+    from retina_plugin.ablations.paired import format_differences
+
+    assert format_differences([0.02, -0.3, None]) == ["+0.0, -0.3, -", "-0.1 ± 0.2", "0 of 2"]
     # Without seeds there is nothing to pair: the grid's own table only.
     md = open(write_reports(["headline"], results, str(tmp_path))["md"]).read()
     assert "seed by seed" not in md.lower()

@@ -13,6 +13,9 @@ from .result import Result
 from .seeds import cell_runs, mean_std
 
 
+AHEAD = 0.05  # a difference that prints as +0.1 or more
+
+
 def paired_differences(runs: List[Optional[Result]], reference: List[Optional[Result]], metric="AP"):
     """metric(run) - metric(reference run) for each seed, None where either did not finish ok."""
     def value(result):
@@ -33,7 +36,8 @@ def format_differences(differences) -> List[str]:
         return [each, "-", "-"]
     mean, std = mean_std(finished)
     spread = f"{mean:+.1f}" if len(finished) == 1 else f"{mean:+.1f} ± {std:.1f}"
-    return [each, spread, f"{sum(d > 0 for d in finished)} of {len(finished)}"]
+    # Ahead by what the table shows (0.1 AP), not by a rounding error.
+    return [each, spread, f"{sum(d >= AHEAD for d in finished)} of {len(finished)}"]
 
 
 def paired_tables(name, results: Dict[str, Result], seeds) -> List[str]:
@@ -49,7 +53,7 @@ def paired_tables(name, results: Dict[str, Result], seeds) -> List[str]:
     runs = {key: cell_runs(cell, results, seeds) for key, cell in cells.items()}
     lines = [f"Seed by seed (runs of one seed share the head's initial weights and the order of "
              f"the images): each loss against {grid.reference}, at the same {grid.factor}.\n",
-             f"| cell | AP - AP({grid.reference}), each seed | mean ± std | seeds ahead |",
+             f"| cell | AP - AP({grid.reference}), each seed | mean ± std | seeds ahead by 0.1 or more |",
              "|---|---|---|---|"]
     for level in levels:
         for loss in losses:
@@ -59,7 +63,7 @@ def paired_tables(name, results: Dict[str, Result], seeds) -> List[str]:
     if len(levels) == 2:
         low, high = levels
         lines += ["", f"The effect of {grid.factor} on each loss: AP with it minus AP without it, seed by seed.\n",
-                  f"| loss | AP({grid.factor}) - AP(no {grid.factor}), each seed | mean ± std | seeds ahead |",
+                  f"| loss | AP({grid.factor}) - AP(no {grid.factor}), each seed | mean ± std | seeds ahead by 0.1 or more |",
                   "|---|---|---|---|"]
         for loss in losses:
             if (loss, low) in cells and (loss, high) in cells:
