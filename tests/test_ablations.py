@@ -351,6 +351,15 @@ def test_progress_names_running_runs_their_iteration_and_an_eta(tmp_path):
     assert line.endswith("(20 min)")  # 4 runs left, 600 s each, 2 at once
 
 
+def test_a_finished_runs_line_says_its_ap_or_why_it_has_none_once():
+    from retina_plugin.ablations.result import outcome
+
+    assert outcome(Result("ok", {"AP": 83.46})) == "ok 83.5"
+    assert outcome(Result("ok", {"AP": float("nan")})) == "ok 0.0 (no detections)"
+    assert outcome(Result("diverged", iteration=838)) == "diverged at iteration 838"
+    assert outcome(Result("failed", log="cells/x/run.log")) == "failed (see cells/x/run.log)"
+
+
 def test_progress_eta_counts_a_resumed_run_for_the_part_it_trained(tmp_path):
     runs = ablations.grid_runs(["headline_scratch"], seeds=2)
     resumed, running, diverged = list(runs.values())[:3]

@@ -51,6 +51,13 @@ class Result:
         return "ok"
 
 
+def outcome(result: Result) -> str:
+    """What a progress line says of a finished run: 'ok 83.5', or why it has no AP."""
+    if result.status == "ok":
+        return f"ok {format_ap(result)}"
+    return result.describe()
+
+
 def format_ap(result: Optional[Result], metric="AP") -> str:
     if result is None:
         return "not run"

@@ -22,7 +22,7 @@ from .configs import config_differences
 from .grids import GRIDS, Cell
 from .prefix import cell_dirs_under, shared_prefix_of, start_from_shared_prefix
 from .progress import Progress
-from .result import Result, format_ap
+from .result import Result, outcome
 from .run_dir import (
     cell_dir, finished_result, last_iteration, machines_of, median_of, read_metrics, summarize_metrics,
 )
@@ -273,7 +273,7 @@ def run_grids(names, out_dir, base_args, extra_opts=(), jobs=1, log=print, dry=F
         progress.finished(cell, result, trained)
         seed = dict(cell.overrides).get("SEED")
         name = cell.label + (f" (seed {seed})" if seed is not None else "")
-        log(f"{name}: {result.describe()} {format_ap(result)}; {progress.line()}")
+        log(f"{name}: {outcome(result)}; {progress.line()}")
         return cell.key, result
 
     watcher = threading.Thread(target=report_progress, daemon=True)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
 from .grids import Cell
-from .result import Result, format_ap
+from .result import Result, outcome
 from .run_dir import cell_dir, finished_result, last_iteration
 from .runner import run_cell
 
@@ -192,7 +192,7 @@ def run_on_slurm(runs: Dict[str, Cell], out_dir, base_args, extra_opts, options:
             del jobs[key]
             seed = dict(cell.overrides).get("SEED")
             name = cell.label + (f" (seed {seed})" if seed is not None else "")
-            what = result.note if result.status == "failed" else f"{result.describe()} {format_ap(result)}"
+            what = result.note if result.status == "failed" else outcome(result)
             log(f"{name}: SLURM job {record['job_id']}: {what}")
         if jobs and time.time() - last_progress >= progress_every:
             log(progress_line(runs, results, jobs, now, out_dir, max_iter))
