@@ -117,12 +117,9 @@ def describe_run(cfg) -> str:
 def trained_model_and_batches(cfg, weights, dataset_name, max_images):
     """
     (model, batches) for the analyses above: the config's model with a trained checkpoint's
-    weights (every weight loaded, else an error), in eval mode, and a generator of batches of
-    the first `max_images` images of `dataset_name` at test-time size, with their annotations
-    (which training's matching needs and the test mapper drops).
+    weights (every weight loaded, else an error), in eval mode, and annotated_batches of the
+    first `max_images` images of `dataset_name`, one image each.
     """
-    from detectron2.data import DatasetMapper, build_detection_test_loader
-    from detectron2.data import transforms as T
     from detectron2.modeling import build_model
 
     from .checkpoint import SafeDetectionCheckpointer
@@ -132,13 +129,34 @@ def trained_model_and_batches(cfg, weights, dataset_name, max_images):
     checkpointer.load(weights)
     checkpointer.require_complete_load(weights)
     model.eval()
+    return model, annotated_batches(cfg, dataset_name, max_images)
+
+
+def annotated_batches(cfg, dataset_name, max_images, batch_size=1):
+    """
+    A generator of batches (lists of `batch_size` model inputs) of the first `max_images` images
+    of `dataset_name` at test-time size, in the data set's order, with their annotations
+    (which training's matching needs and the test mapper drops); a last short batch is kept.
+    """
+    from detectron2.data import DatasetMapper, build_detection_test_loader
+    from detectron2.data import transforms as T
+
     mapper = DatasetMapper(
         is_train=True,
         augmentations=[T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)],
         image_format=cfg.INPUT.FORMAT,
     )
     loader = build_detection_test_loader(cfg, dataset_name, mapper=mapper)
-    return model, (batch for i, batch in enumerate(loader) if i < max_images)
+    batch = []
+    for index, inputs in enumerate(loader):
+        if index >= max_images:
+            break
+        batch += inputs
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def object_anchor_fit(pred_boxes, class_scores, gt_boxes, gt_classes, matched_idxs, anchor_labels):

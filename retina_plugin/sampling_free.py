@@ -22,6 +22,11 @@ import json
 import logging
 import math
 import os
+import random
+from contextlib import contextmanager
+
+import numpy as np
+import torch
 
 from detectron2.utils import comm
 
@@ -92,6 +97,18 @@ def measure_prior(cfg) -> dict:
     }
 
 
+@contextmanager
+def _random_states_kept():
+    """Python's, NumPy's and torch's CPU random states restored on exit."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
 def data_prior(cfg) -> dict:
     """
     The Sampling-Free prior of cfg's training data (see measure_prior), measured once and
@@ -100,7 +117,11 @@ def data_prior(cfg) -> dict:
     """
     path = prior_cache_file(cfg)
     if comm.is_main_process() and not os.path.isfile(path):
-        record = measure_prior(cfg)
+        # Measuring builds a model and reads the data: random draws that must not move the
+        # seeded draws after it (the head's initial weights), or a run that measured would
+        # start elsewhere than the same run reading the cache.
+        with _random_states_kept():
+            record = measure_prior(cfg)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         _write_atomically(path, lambda f: f.write(json.dumps(record, indent=2).encode()))
         source = "measured"

@@ -56,6 +56,20 @@ def test_prior_is_the_hand_counted_foreground_fraction_per_class(hand_cfg, monke
     assert sampling_free.prior_cache_file(other) != cache
 
 
+def test_a_run_that_measures_the_prior_starts_where_one_reading_the_cache_does(hand_cfg):
+    from detectron2.utils.env import seed_all_rng
+
+    cfg = hand_cfg.clone()
+    cfg.MODEL.RETINANET.SAMPLING_FREE.PRIOR_FROM_DATA = True
+    assert not os.path.isfile(sampling_free.prior_cache_file(cfg))
+    weights = []
+    for _ in range(2):  # measured, then cached
+        seed_all_rng(7)
+        weights.append(build_model(cfg).state_dict())
+    assert os.path.isfile(sampling_free.prior_cache_file(cfg))
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+
+
 def test_the_measured_prior_initialises_the_class_bias_and_the_threshold(hand_cfg):
     cfg = hand_cfg.clone()
     cfg.MODEL.RETINANET.SAMPLING_FREE.PRIOR_FROM_DATA = True
