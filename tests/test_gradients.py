@@ -67,7 +67,7 @@ def test_the_split_is_sigmoid_ce_gradient_by_hand_and_the_whole_matches_backward
     assert sizes["params_over_clip"] == sum(n > 0.05 for n in norms) > 0
 
 
-def test_gradient_sizes_tool_measures_every_headline_loss_at_start_and_at_a_checkpoint(tmp_path, monkeypatch):
+def test_gradient_sizes_tool_measures_every_headline_loss_at_start_and_at_a_checkpoint(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "datasets"))  # Sampling-Free's prior cache
     cfg = tiny_val_set_and_cfg(tmp_path, "gradient_sizes_test_train")
     cfg.DATASETS.TRAIN = ("gradient_sizes_test_train",)
@@ -80,6 +80,10 @@ def test_gradient_sizes_tool_measures_every_headline_loss_at_start_and_at_a_chec
     tool = load_tool("gradient_sizes")
     with pytest.raises(SystemExit):
         tool.main(["--config-file", str(config), "--weights", str(tmp_path / "missing.pth")])
+    assert "missing.pth: no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tool.main(["--config-file", str(config), "--batches", "1", "DATASETS.TRAIN", "()"])
+    assert "DATASETS.TRAIN is empty" in capsys.readouterr().err
     out = tmp_path / "gradients.md"
     tool.main(["--config-file", str(config), "--weights", "start", str(tmp_path / "model_0000099.pth"),
                "--batches", "1", "--output", str(out)])

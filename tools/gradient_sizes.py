@@ -113,6 +113,8 @@ def main(argv=None):
             cfg = get_retina_cfg(args.config_file, args.opts + loss.opts())
             if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
                 cfg.MODEL.DEVICE = "cpu"
+            if not cfg.DATASETS.TRAIN:
+                parser.error(f"{args.config_file}: DATASETS.TRAIN is empty: name the training set to measure on")
             model = model_at(cfg, weights)
             batches = annotated_batches(cfg, cfg.DATASETS.TRAIN[0], args.batches * cfg.SOLVER.IMS_PER_BATCH,
                                         batch_size=cfg.SOLVER.IMS_PER_BATCH)
