@@ -305,27 +305,47 @@ def test_sweep_of_three_losses_compares_each_with_balanced_ce(tmp_path):
 
 
 def test_measured_regimes_answer_by_the_nearest_r(tmp_path):
-    from retina_plugin.ablations.regimes import format_regime, nearest_regime
+    from retina_plugin.ablations.regimes import Source, format_regimes, measured_regimes
 
-    rows = [("retina_shapes: balanced CE, alpha 0.75", "ok", 70.0, 400.0), ("retina_shapes: FL gamma 2, alpha 0.25", "ok", 72.0, 380.0),
-            ("retina_sparse: balanced CE, alpha 0.75", "ok", 60.0, 25000.0), ("retina_sparse: FL gamma 2, alpha 0.25", "ok", 50.0, 25000.0),
-            ("retina_sparse: FL gamma 2, alpha 0.25", "diverged at iteration 3", "", 25000.0)]
-    newer = tmp_path / "new" / "results.csv"
-    newer.parent.mkdir()
-    newer.write_text("grid,cell,status,AP,neg_pairs_per_pos\n")  # no run finished yet: the older sweep answers
-    older = tmp_path / "old" / "results.csv"
-    older.parent.mkdir()
-    with open(older, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["grid", "cell", "status", "AP", "neg_pairs_per_pos"])
-        writer.writerows([("imbalance", *row) for row in rows])
-    sweeps = (("new/results.csv", "newer"), ("old/results.csv", "older"))
-    regime = nearest_regime(9000.0, sweeps, root=str(tmp_path))  # nearer 25000 than 390 on a log scale
-    assert regime["dataset"] == "retina_sparse" and regime["R"] == 25000.0 and regime["what"] == "older"
-    assert regime["ranking"] == [("balanced CE, alpha 0.75", 60.0, 1), ("FL gamma 2, alpha 0.25", 50.0, 1)]
-    assert nearest_regime(100.0, sweeps, root=str(tmp_path))["dataset"] == "retina_shapes"
-    assert "balanced CE, alpha 0.75 60.0 (1 run) > FL gamma 2, alpha 0.25 50.0 (1 run)" in format_regime(9000.0, regime)
-    assert nearest_regime(float("inf"), sweeps, root=str(tmp_path)) is None
+    def write(relative, rows):
+        path = tmp_path / relative
+        path.parent.mkdir()
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["grid", "cell", "status", "AP", "neg_pairs_per_pos"])
+            writer.writerows(rows)
+
+    write("old/results.csv", [("imbalance", *row) for row in [
+        ("retina_shapes: balanced CE, alpha 0.75", "ok", 70.0, 400.0), ("retina_shapes: FL gamma 2, alpha 0.25", "ok", 72.0, 380.0),
+        ("retina_sparse: balanced CE, alpha 0.75", "ok", 60.0, 25000.0), ("retina_sparse: FL gamma 2, alpha 0.25", "ok", 50.0, 25000.0),
+        ("retina_sparse: FL gamma 2, alpha 0.25", "diverged at iteration 3", "", 25000.0)]])
+    write("new/results.csv", [])  # no run finished yet: the older sweeps answer
+    write("one/results.csv", [("headline", *row) for row in [
+        ("balanced CE, alpha 0.75, no clipping", "ok", 83.0, 25100.0), ("balanced CE, alpha 0.75, no clipping", "ok", 84.0, 25300.0),
+        ("FL gamma 2, alpha 0.25, no clipping", "ok", 85.0, 25200.0),
+        ("FL gamma 2, alpha 0.25, clipping at norm 5", "ok", 99.0, 25200.0),  # not the setup asked for
+        ("CE, standard init (bias 0: pi = 0.5)", "diverged at iteration 838", "", 25200.0)]])
+    new, one, old = (Source("new/results.csv", "newer"), Source("one/results.csv", "one R", dataset="retina_sparse",
+                     cell_suffix=", no clipping", spans_r=False), Source("old/results.csv", "older"))
+
+    regimes = measured_regimes(9000.0, (new, old), root=str(tmp_path))  # nearer 25000 than 390 on a log scale
+    assert len(regimes) == 1
+    assert regimes[0]["dataset"] == "retina_sparse" and regimes[0]["R"] == 25000.0 and regimes[0]["what"] == "older"
+    assert regimes[0]["ranking"] == [("balanced CE, alpha 0.75", 60.0, 1), ("FL gamma 2, alpha 0.25", 50.0, 1)]
+    assert measured_regimes(100.0, (new, old), root=str(tmp_path))[0]["dataset"] == "retina_shapes"
+    assert "balanced CE, alpha 0.75 60.0 (1 run) > FL gamma 2, alpha 0.25 50.0 (1 run)" in format_regimes(9000.0, regimes)
+    assert measured_regimes(float("inf"), (new, old), root=str(tmp_path)) == []
+
+    # A grid on one data set is shown beside the sweep after it, its setup's cells only.
+    first, second = measured_regimes(100.0, (new, one, old), root=str(tmp_path))
+    assert (first["dataset"], first["R"], first["what"]) == ("retina_sparse", 25200.0, "one R")
+    assert first["ranking"] == [("FL gamma 2, alpha 0.25", 85.0, 1), ("balanced CE, alpha 0.75", 83.5, 2)]
+    assert second["dataset"] == "retina_shapes"
+    text = format_regimes(100.0, [first, second]).splitlines()
+    assert len(text) == 2 and "FL gamma 2, alpha 0.25 85.0 (1 run) > balanced CE, alpha 0.75 83.5 (2 runs)" in text[0]
+    assert "at one R only, in retina_sparse" in text[0] and "the nearest measured regime is retina_shapes" in text[1]
+    # A sweep that spans R, once it has runs, answers alone.
+    assert [r["what"] for r in measured_regimes(100.0, (old, one), root=str(tmp_path))] == ["older"]
 
 
 def test_progress_names_running_runs_their_iteration_and_an_eta(tmp_path):
