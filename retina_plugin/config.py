@@ -89,6 +89,12 @@ def add_retina_config(cfg):
     _C.MODEL.RETINANET.SAMPLING_FREE = CN()
     _C.MODEL.RETINANET.SAMPLING_FREE.PRIOR_FROM_DATA = False
     _C.MODEL.RETINANET.SAMPLING_FREE.ADAPTIVE_SCORE_THRESH = False
+    # The precision the class scores are computed in at inference: "float32" (detectron2's) or
+    # "float64". A float32 sigmoid rounds every logit above about 16.6 to a score of exactly 1,
+    # so a confident classifier's best detections tie, and which of them NMS keeps and how AP
+    # ranks them is the order they happen to come in; float64 keeps the logits' order up to a
+    # logit of about 36.7 (docs/findings.md, "Tied scores").
+    _C.MODEL.RETINANET.SCORE_DTYPE_TEST = "float32"
     # A factor on the classification loss (mmdetection's loss_weight). 1 is detectron2's; a
     # loss that is a mean over all pairs (GHM-C) is on another scale than one divided by the
     # positive anchors, and mmdetection sums such a loss over the FPN levels (5 means).

@@ -1,6 +1,7 @@
 from typing import Optional
 
 import torch
+import torchvision
 from torch import nn
 
 from detectron2.config import configurable
@@ -23,6 +24,8 @@ from .sampling_free import data_prior
 
 LOSS_NORMALIZERS = ("num_pos", "ema", "guided")
 BOX_REG_LOSS_TYPES = ("smooth_l1", "giou", "diou", "ciou")
+# The precisions class scores may be computed in at inference (MODEL.RETINANET.SCORE_DTYPE_TEST).
+SCORE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 @META_ARCH_REGISTRY.register()
@@ -46,6 +49,7 @@ class FocalRetinaNet(RetinaNet):
         loss_normalizer_init: float = 100.0,
         cls_loss_weight: float = 1.0,
         adaptive_score_thresh: Optional[float] = None,
+        score_dtype_test: str = "float32",
         **kwargs,
     ):
         """
@@ -59,6 +63,9 @@ class FocalRetinaNet(RetinaNet):
             cls_loss_weight: a factor on the classification loss (1: detectron2's).
             adaptive_score_thresh: Sampling-Free's class-adaptive threshold: the classifier's
                 prior, which replaces test_score_thresh (None: test_score_thresh).
+            score_dtype_test: "float32" (detectron2's) or "float64": the precision the class
+                scores are computed in at inference, and NMS run in (float32 ties every logit
+                above about 16.6 at a score of 1).
             kwargs: the arguments of detectron2's RetinaNet; its focal_loss_* are unused.
         """
         super().__init__(**kwargs)
@@ -69,6 +76,7 @@ class FocalRetinaNet(RetinaNet):
             loss_normalizer_init,
             self.box_reg_loss_type,
             cls_loss_weight,
+            score_dtype_test,
         )
         self.cls_loss = cls_loss
         # K, or K + 1 for a loss with a background logit: how the head's outputs are read.
@@ -79,9 +87,11 @@ class FocalRetinaNet(RetinaNet):
         self.cls_loss_weight = float(cls_loss_weight)
         if adaptive_score_thresh is not None:
             self.test_score_thresh = float(adaptive_score_thresh)
+        self.score_dtype_test = SCORE_DTYPES[score_dtype_test]
 
     @staticmethod
-    def check_values(check, loss_normalizer, momentum, init, box_reg_loss_type, cls_loss_weight=1.0):
+    def check_values(check, loss_normalizer, momentum, init, box_reg_loss_type, cls_loss_weight=1.0,
+                     score_dtype_test="float32"):
         """Call check(ok, key, value, allowed) for each value (see config.check_config_value)."""
         check(
             loss_normalizer in LOSS_NORMALIZERS,
@@ -109,6 +119,12 @@ class FocalRetinaNet(RetinaNet):
             cls_loss_weight,
             "use a positive finite number (1: detectron2's)",
         )
+        check(
+            score_dtype_test in tuple(SCORE_DTYPES),
+            "MODEL.RETINANET.SCORE_DTYPE_TEST",
+            score_dtype_test,
+            f"choose one of {', '.join(SCORE_DTYPES)}",
+        )
 
     @classmethod
     def check_config(cls, cfg, check):
@@ -120,6 +136,7 @@ class FocalRetinaNet(RetinaNet):
             retinanet.LOSS_NORMALIZER_INIT,
             retinanet.BBOX_REG_LOSS_TYPE,
             retinanet.CLS_LOSS_WEIGHT,
+            retinanet.SCORE_DTYPE_TEST,
         )
         for key in ("PRIOR_FROM_DATA", "ADAPTIVE_SCORE_THRESH"):
             value = retinanet.SAMPLING_FREE.get(key)
@@ -166,6 +183,7 @@ class FocalRetinaNet(RetinaNet):
             "loss_normalizer_init": retinanet.LOSS_NORMALIZER_INIT,
             "cls_loss_weight": retinanet.CLS_LOSS_WEIGHT,
             "adaptive_score_thresh": prior_prob if retinanet.SAMPLING_FREE.ADAPTIVE_SCORE_THRESH else None,
+            "score_dtype_test": retinanet.SCORE_DTYPE_TEST,
             "smooth_l1_beta": retinanet.SMOOTH_L1_LOSS_BETA,
             "box_reg_loss_type": retinanet.BBOX_REG_LOSS_TYPE,
             "test_score_thresh": retinanet.SCORE_THRESH_TEST,
@@ -221,12 +239,25 @@ class FocalRetinaNet(RetinaNet):
         anchors = self.anchor_generator(features)
         results = []
         for img_idx, image_size in enumerate(images.image_sizes):
-            scores_per_image = [self.cls_loss.class_scores(x[img_idx]) for x in pred_logits]
+            scores_per_image = [self.cls_loss.class_scores(x[img_idx].to(self.score_dtype_test)) for x in pred_logits]
             deltas_per_image = [x[img_idx] for x in pred_anchor_deltas]
             results.append(
                 self.inference_single_image(anchors, scores_per_image, deltas_per_image, image_size)
             )
         return results
+
+    def inference_single_image(self, anchors, box_cls, box_delta, image_size):
+        """detectron2's; with float64 scores, NMS runs in float64 too (detectron2's batched_nms
+        casts the boxes to float32, which torchvision's NMS refuses beside float64 scores)."""
+        if box_cls[0].dtype != torch.float64:
+            return super().inference_single_image(anchors, box_cls, box_delta, image_size)
+        pred = self._decode_multi_level_predictions(
+            anchors, box_cls, box_delta, self.test_score_thresh, self.test_topk_candidates, image_size
+        )
+        keep = torchvision.ops.batched_nms(
+            pred.pred_boxes.tensor.double(), pred.scores, pred.pred_classes, self.test_nms_thresh
+        )
+        return pred[keep[: self.max_detections_per_image]]
 
     def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes):
         """

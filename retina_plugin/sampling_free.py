@@ -137,3 +137,14 @@ def data_prior(cfg) -> dict:
         f"{record['classes']} classes"
     )
     return record
+
+
+def inference_score_thresh(cfg) -> float:
+    """The score threshold cfg's model infers with: the prior with ADAPTIVE_SCORE_THRESH (the
+    data's, measured or cached, with PRIOR_FROM_DATA), else SCORE_THRESH_TEST."""
+    retinanet = cfg.MODEL.RETINANET
+    if not retinanet.SAMPLING_FREE.ADAPTIVE_SCORE_THRESH:
+        return float(retinanet.SCORE_THRESH_TEST)
+    if retinanet.SAMPLING_FREE.PRIOR_FROM_DATA:
+        return float(data_prior(cfg)["prior"])
+    return float(retinanet.PRIOR_PROB)

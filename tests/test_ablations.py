@@ -12,6 +12,7 @@ import retina_plugin
 from retina_plugin import ablations
 from retina_plugin.ablations import GRIDS, Cell, Grid, Result, run_grids, write_reports
 from retina_plugin.ablations.run_dir import machines_of
+from retina_plugin.ablations.runner import FLOAT64_SCORES_DIR
 from retina_plugin.machine import describe_machine
 
 from helpers import REPO
@@ -127,6 +128,12 @@ def test_runner_trains_cells_reports_divergence_and_resumes(tmp_path, monkeypatc
     results = run_grids(["tiny"], str(out), [], dry=True)
     trained, diverged = (results[c.key] for c in tiny.cells)
     assert trained.status == "ok" and 0 <= trained.metrics["AP"] <= 100
+    # The final weights evaluated again with float64 class scores, from the run's own config.
+    assert set(trained.metrics_float64) == set(trained.metrics) and 0 <= trained.metrics_float64["AP"] <= 100
+    assert "MODEL.RETINANET.SCORE_DTYPE_TEST float64" in (out / "cells" / trains.key / FLOAT64_SCORES_DIR / "run.log").read_text()
+    with open(out / "results.csv", newline="") as f:
+        row = next(r for r in csv.DictReader(f) if r["cell"] == "trains")
+    assert float(row["AP_float64_scores"]) == trained.metrics_float64["AP"]
     # train_net.py logged the machine that trained it; the result keeps it.
     assert trained.machines == [describe_machine()]
     assert diverged.status == "diverged" and 0 <= diverged.iteration < 6

@@ -22,6 +22,7 @@ def test_new_keys_have_defaults_that_match_detectron2():
     assert cfg.MODEL.RETINANET.LOSS_NORMALIZER_MOMENTUM == 0.9
     assert cfg.MODEL.RETINANET.LOSS_NORMALIZER_INIT == 100
     assert cfg.MODEL.RETINANET.CLS_LOSS_WEIGHT == 1.0
+    assert cfg.MODEL.RETINANET.SCORE_DTYPE_TEST == "float32"
 
 
 @pytest.mark.parametrize(
@@ -41,6 +42,8 @@ def test_new_keys_have_defaults_that_match_detectron2():
         ("BBOX_REG_LOSS_TYPE", "l2", r"BBOX_REG_LOSS_TYPE = 'l2' .*smooth_l1, giou, diou, ciou"),
         ("CLS_LOSS_WEIGHT", 0.0, r"CLS_LOSS_WEIGHT = 0.0 .*positive finite number"),
         ("CLS_LOSS_WEIGHT", float("nan"), r"CLS_LOSS_WEIGHT = nan .*positive finite number"),
+        ("SCORE_DTYPE_TEST", "float16", r"SCORE_DTYPE_TEST = 'float16' .*float32, float64"),
+        ("SCORE_DTYPE_TEST", ["float64"], r"SCORE_DTYPE_TEST = \['float64'\] .*float32, float64"),
         ("IN_FEATURES", ["p3", "p4", "p5", "p6", "p9"], r"IN_FEATURES = \[.*'p9'\] .*no \['p9'\]"),
         ("IOU_THRESHOLDS", [0.5, 0.4], r"IOU_THRESHOLDS = \[0.5, 0.4\] .*increasing IoUs"),
         ("IOU_LABELS", [0, 1], r"IOU_LABELS = \[0, 1\] .*use 3 labels"),

@@ -176,6 +176,15 @@ def test_ap_by_iou_tool_reads_a_runs_saved_detections(tmp_path):
     assert ap_row.startswith(f"| {name} | 89 | 95.0 |") and ap_row.endswith("| 100.0 | 50.5 |")
     assert localisation_row.startswith(f"| {name} | {len(coco['annotations'])} | ")
 
+    # Above 0.6 only the exact boxes are left: precision 1 up to recall 0.5 at every IoU.
+    tool.main([str(run), "--output", str(table), "--score-above", "0.6"])
+    assert "`python tools/ap_by_iou.py " + str(run) + " --score-above 0.6`" in table.read_text()
+    ap_row = [line for line in table.read_text().splitlines() if line.startswith(f"| {name} |")][0]
+    assert ap_row.startswith(f"| {name} | 89 | 50.5 | 50.5 |") and ap_row.endswith("| 50.5 | 50.5 |")
+    # Below the run's own threshold (SCORE_THRESH_TEST 0.05) the saved file lacks the detections.
+    with pytest.raises(SystemExit, match="evaluated at score threshold 0.05.*needs the weights"):
+        tool.main([str(run), "--score-above", "0.01"])
+
 
 def test_first_ranked_localisation_separates_the_boxes_from_their_ranking():
     from detectron2.structures import BoxMode
@@ -224,3 +233,32 @@ def test_rank_correlation_of_score_and_iou_says_whether_better_boxes_score_highe
         found = first_ranked_localisation(images, predictions)
         assert found["score_iou_rank_correlation"] == pytest.approx(rho)
         assert found["mean_first"] == pytest.approx(sum(ious) / 4)
+
+
+def test_detections_scoring_above_a_threshold_are_what_inference_at_it_saves():
+    from detectron2.evaluation.coco_evaluation import instances_to_coco_json
+    from detectron2.modeling import build_model
+
+    from retina_plugin.evaluation import detections_scoring_above
+    from helpers import tiny_batch, tiny_cfg
+
+    cfg = tiny_cfg()
+    cfg.MODEL.RETINANET.PRIOR_PROB = 0.04  # the untrained classifier scores from 0.01 to 0.27 here
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    model.max_detections_per_image = 100
+    batch = [{k: v for k, v in record.items() if k != "instances"} for record in tiny_batch(seed=1)]
+
+    def saved_at(score_thresh):
+        model.test_score_thresh = score_thresh
+        with torch.no_grad():
+            outputs = model(batch)
+        return [{"image_id": i, "instances": instances_to_coco_json(out["instances"], i)} for i, out in enumerate(outputs)]
+
+    # At 0.12 the cap of 100 cuts detections, but only ones below 0.15: the filter is still exact.
+    low, high = saved_at(0.12), saved_at(0.15)
+    assert all(0 < len(h["instances"]) < len(lo["instances"]) == 100 for lo, h in zip(low, high))
+    assert detections_scoring_above(low, 0.15, max_per_image=100) == high
+    # A cap every kept box scored above: detections above the threshold may have been dropped.
+    with pytest.raises(ValueError, match="reach TEST.DETECTIONS_PER_IMAGE .* evaluate the weights at that threshold"):
+        detections_scoring_above(high, 0.01, max_per_image=min(len(h["instances"]) for h in high))

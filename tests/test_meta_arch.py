@@ -205,3 +205,31 @@ def test_bfloat16_autocast_trains_with_a_float32_loss():
             sum(losses.values()).backward()
             optimizer.step()
     assert seen[0] == (torch.bfloat16, torch.float32)
+
+
+def test_float64_scores_keep_the_order_float32_rounds_to_a_tie():
+    cfg = tiny_cfg()
+    cfg.MODEL.RETINANET.PRIOR_PROB = 0.04  # scores 0.01 to 0.27 (see test_evaluation.py): none saturate
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    images = [{k: v for k, v in record.items() if k != "instances"} for record in tiny_batch(seed=1)]
+
+    def infer(dtype):
+        model.score_dtype_test = dtype
+        with torch.no_grad():
+            return [out["instances"] for out in model(images)]
+
+    # Away from saturation the two precisions find the same detections.
+    for single, double in zip(infer(torch.float32), infer(torch.float64)):
+        assert double.scores.dtype == torch.float64 and len(single) == len(double) > 0
+        torch.testing.assert_close(double.scores.float(), single.scores)
+        torch.testing.assert_close(double.pred_boxes.tensor.float(), single.pred_boxes.tensor)
+        assert torch.equal(double.pred_classes, single.pred_classes)
+
+    # A confident classifier: logits of about 19 to 21, which a float32 sigmoid all rounds to 1.
+    with torch.no_grad():
+        model.head.cls_score.bias.fill_(20.0)
+    single, double = infer(torch.float32)[0], infer(torch.float64)[0]
+    assert (single.scores == 1).sum() > 10  # ties: the order among them is not the model's
+    assert bool((double.scores < 1).all()) and len(set(double.scores.tolist())) == len(double)
+    assert bool((double.scores[1:] < double.scores[:-1]).all())  # ranked by the logits

@@ -12,6 +12,10 @@ Each run directory holds the config.yaml train_net.py wrote and inference/instan
 which COCOEvaluator saves at each evaluation (the last one is the final model's; the table
 gives the iteration metrics.json logged with it). The detections are evaluated again on the config's DATASETS.TEST[0] with its TEST.COCO_EVAL_ENGINE; nothing
 is trained or inferred. Prints the markdown tables, one row per run, and writes them to --output.
+
+--score-above S keeps only the detections scoring above S: the AP the same weights give at the
+score threshold S, for a run evaluated at a lower one (Sampling-Free's threshold, the prior),
+without its weights (exact: retina_plugin.evaluation.detections_scoring_above).
 """
 import argparse
 import contextlib
@@ -29,7 +33,10 @@ from detectron2.data import DatasetCatalog  # noqa: E402
 from retina_plugin.ablations.run_dir import read_metrics, summarize_metrics  # noqa: E402
 from retina_plugin.analysis import describe_run  # noqa: E402
 from retina_plugin.config import get_retina_cfg  # noqa: E402
-from retina_plugin.evaluation import EngineCOCOEvaluator, first_ranked_localisation  # noqa: E402
+from retina_plugin.evaluation import (  # noqa: E402
+    EngineCOCOEvaluator, detections_scoring_above, first_ranked_localisation,
+)
+from retina_plugin.sampling_free import inference_score_thresh  # noqa: E402
 
 PREDICTIONS = os.path.join("inference", "instances_predictions.pth")
 
@@ -44,9 +51,9 @@ def last_evaluation_iteration(run_dir):
     return curve[-1][0] if curve else None
 
 
-def evaluate_run(run_dir):
+def evaluate_run(run_dir, score_above=None):
     """(cfg, {IoU threshold: AP}, first_ranked_localisation's dict) of a run directory's last
-    evaluation."""
+    evaluation; of its detections scoring above `score_above` only, if given."""
     config_file = os.path.join(run_dir, "config.yaml")
     predictions_file = os.path.join(run_dir, PREDICTIONS)
     for path in (config_file, predictions_file):
@@ -58,6 +65,16 @@ def evaluate_run(run_dir):
         raise SystemExit(f"{config_file}: DATASETS.TEST is empty; the run was not evaluated on a data set.")
     # Plain lists and dicts: COCOEvaluator's own format, loaded without running code.
     predictions = torch.load(predictions_file, map_location="cpu", weights_only=True)
+    if score_above is not None:
+        evaluated_at = inference_score_thresh(cfg)
+        if score_above < evaluated_at:
+            raise SystemExit(f"{run_dir}: evaluated at score threshold {evaluated_at:g}, so its saved detections "
+                             f"hold none scoring at or below it: --score-above {score_above:g} needs the weights "
+                             "(train_net.py --eval-only MODEL.RETINANET.SCORE_THRESH_TEST ...).")
+        try:
+            predictions = detections_scoring_above(predictions, score_above, cfg.TEST.DETECTIONS_PER_IMAGE)
+        except ValueError as e:
+            raise SystemExit(f"{run_dir}: {e}")
     # Loading a built-in set first makes (or finds) its files and sets its metadata's json_file,
     # which COCOEvaluator then reads, as after the test loader in training.
     dataset_dicts = DatasetCatalog.get(cfg.DATASETS.TEST[0])
@@ -106,10 +123,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", nargs="+", metavar="OUTPUT_DIR")
     parser.add_argument("--output", default=None, help="write the table to this markdown file too")
+    parser.add_argument("--score-above", type=float, default=None, metavar="S",
+                        help="evaluate only the detections scoring above S (a threshold above the run's own)")
     args = parser.parse_args(argv)
     rows, localisation = [], []
     for run_dir in args.run_dirs:
-        cfg, ap, found = evaluate_run(run_dir)
+        cfg, ap, found = evaluate_run(run_dir, args.score_above)
         rows.append((describe_run(cfg), last_evaluation_iteration(run_dir), ap))
         localisation.append((describe_run(cfg), found))
     table = (format_table(rows) + "\n\nThe boxes apart from their ranking (each detection assigned to the object "
@@ -118,7 +137,8 @@ def main(argv=None):
     print(table)
     if args.output:
         with open(args.output, "w") as f:
-            f.write(f"Box AP at each IoU threshold, by: `python tools/ap_by_iou.py {' '.join(args.run_dirs)}`\n\n"
+            command = " ".join(args.run_dirs) + ("" if args.score_above is None else f" --score-above {args.score_above:g}")
+            f.write(f"Box AP at each IoU threshold, by: `python tools/ap_by_iou.py {command}`\n\n"
                     + table + "\n")
 
 

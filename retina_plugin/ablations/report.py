@@ -62,6 +62,7 @@ def write_reports(names, results, out_dir, title_note="", seeds=None):
                 row["backbone_sha256"] = (result.backbone_sha256 or "") if result is not None else ""
                 row["shared_prefix_from"] = (result.shared_prefix_from or "") if result is not None else ""
                 row["machines"] = "; ".join(result.machines) if result is not None else ""
+                row["AP_float64_scores"] = result.metrics_float64.get("AP", "") if ok else ""
                 rows.append(row)
         md.append("")
         reused = [r for r in rows if r["grid"] == name and r["reused_from"]]

@@ -33,6 +33,9 @@ class Result:
     # The machines that trained it (retina_plugin.machine), in order: a run resumed on another
     # machine is computed by both.
     machines: List[str] = field(default_factory=list)
+    # The final weights evaluated again with float64 class scores (MODEL.RETINANET.SCORE_DTYPE_TEST):
+    # float32 rounds a confident classifier's best scores to a tie at 1 (runner.FLOAT64_SCORES_DIR).
+    metrics_float64: Dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self):
         self.curve = [tuple(point) for point in self.curve]

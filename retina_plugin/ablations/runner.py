@@ -29,6 +29,10 @@ from .run_dir import (
 
 
 DIVERGED = re.compile(r"Loss became infinite or NaN at iteration=(\d+)")
+# COCOEvaluator's bbox metrics as detectron2 prints them: names, then values.
+COPYPASTE = re.compile(r"copypaste: (AP,AP50,AP75,APs,APm,APl)\n.*copypaste: ([^\n]+)")
+# Where a finished run's final weights are evaluated again with float64 class scores.
+FLOAT64_SCORES_DIR = "eval_float64_scores"
 # train_net.py logs which pretrained backbone a run starts from (retina_plugin.pretrain.require_pretrained).
 PRETRAINED_BACKBONE = re.compile(r"Pretrained backbone: \S+ is .* \(sha256 ([0-9a-f]+)\)")
 
@@ -71,7 +75,8 @@ def run_cell(cell: Cell, out_dir, base_args: List[str], extra_opts: List[str], t
     if returncode == 0 and metrics:
         result = Result("ok", metrics, curve=curve, neg_pairs_per_pos=ratio, seconds=seconds,
                         background_share=share, backbone_sha256=backbone,
-                        shared_prefix_from=shared_prefix_of(directory), machines=machines)
+                        shared_prefix_from=shared_prefix_of(directory), machines=machines,
+                        metrics_float64=evaluate_with_float64_scores(directory, base_args, env, launch))
     elif diverged:
         result = Result("diverged", iteration=int(diverged.group(1)), curve=curve,
                         neg_pairs_per_pos=ratio, seconds=seconds, background_share=share,
@@ -82,6 +87,41 @@ def run_cell(cell: Cell, out_dir, base_args: List[str], extra_opts: List[str], t
     with open(os.path.join(directory, "result.json"), "w") as f:
         json.dump(result.__dict__, f)
     return result
+
+
+def evaluate_with_float64_scores(directory, base_args=(), env=None, launch=None) -> Dict[str, float]:
+    """The run's model_final.pth evaluated again with float64 class scores, in
+    directory/FLOAT64_SCORES_DIR, from the config.yaml the run saved (and the data sets
+    base_args registered with --dataset): its bbox metrics, or {} (no final weights, or the
+    evaluation failed: its log says why). A float32 sigmoid rounds every logit above about 16.6 to a score
+    of 1, so the runs of a confident loss (CE, Sampling-Free) rank their best detections by
+    the order they come in; this AP ranks them by the model's logits."""
+    weights = os.path.join(directory, "model_final.pth")
+    if not os.path.isfile(weights):
+        return {}
+    out = os.path.join(directory, FLOAT64_SCORES_DIR)
+    train_net = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "train_net.py")
+    datasets = []
+    for i, arg in enumerate(base_args):
+        if arg == "--dataset":
+            datasets += list(base_args[i:i + 4])
+    cmd = [sys.executable, train_net, *datasets, "--config-file", os.path.join(directory, "config.yaml"), "--eval-only",
+           "MODEL.WEIGHTS", weights, "MODEL.RETINANET.SCORE_DTYPE_TEST", "float64", "OUTPUT_DIR", out]
+    os.makedirs(out, exist_ok=True)
+    log_file = os.path.join(out, "run.log")
+    with open(log_file, "w") as log:
+        log.write(" ".join(cmd) + "\n")
+        log.flush()
+        if launch is None:
+            returncode = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        else:
+            returncode = launch(cmd, log, env)
+    with open(log_file) as f:
+        found = COPYPASTE.findall(f.read())
+    if returncode != 0 or not found:
+        return {}
+    names, values = found[-1]
+    return {name: float(value) for name, value in zip(names.split(","), values.split(","))}
 
 
 def finished_runs(directories: Sequence[str]) -> List[str]:
