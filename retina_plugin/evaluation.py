@@ -106,30 +106,6 @@ def first_ranked_localisation(dataset_dicts: Iterable[dict], predictions: List[d
     }
 
 
-def detections_scoring_above(predictions: List[dict], score_thresh: float, max_per_image: int) -> List[dict]:
-    """
-    A run's saved detections (COCOEvaluator's: per image, its "instances") keeping only those
-    scoring above `score_thresh`: what inference at that threshold would have saved, when the
-    run was evaluated at a lower one. Exact, because RetinaNet's inference only ever compares
-    scores: a box above the threshold is among each level's top-k candidates at either
-    threshold, is suppressed by NMS only through higher-scoring boxes, which are above it too,
-    and survives the per-image cap, unless the cap (`max_per_image`, TEST.DETECTIONS_PER_IMAGE)
-    was reached with every kept box still above the threshold: then boxes above it may have
-    been dropped, and a ValueError says so.
-    """
-    kept = []
-    for image in predictions:
-        instances = image["instances"]
-        if len(instances) >= max_per_image and min(d["score"] for d in instances) > score_thresh:
-            raise ValueError(
-                f"image {image['image_id']}: its {len(instances)} saved detections reach TEST.DETECTIONS_PER_IMAGE "
-                f"({max_per_image}) and all score above {score_thresh:g}, so detections above it may have been cut "
-                "by the cap: evaluate the weights at that threshold instead (train_net.py --eval-only "
-                "MODEL.RETINANET.SCORE_THRESH_TEST ...).")
-        kept.append(dict(image, instances=[d for d in instances if d["score"] > score_thresh]))
-    return kept
-
-
 def rank_correlation(x, y) -> float:
     """Spearman's rank correlation of two equally long arrays: NaN for fewer than 3 values or
     a constant array, where it says nothing."""

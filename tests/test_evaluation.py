@@ -239,7 +239,7 @@ def test_detections_scoring_above_a_threshold_are_what_inference_at_it_saves():
     from detectron2.evaluation.coco_evaluation import instances_to_coco_json
     from detectron2.modeling import build_model
 
-    from retina_plugin.evaluation import detections_scoring_above
+    from retina_plugin.saved_detections import detections_scoring_above
     from helpers import tiny_batch, tiny_cfg
 
     cfg = tiny_cfg()
@@ -262,3 +262,53 @@ def test_detections_scoring_above_a_threshold_are_what_inference_at_it_saves():
     # A cap every kept box scored above: detections above the threshold may have been dropped.
     with pytest.raises(ValueError, match="reach TEST.DETECTIONS_PER_IMAGE .* evaluate the weights at that threshold"):
         detections_scoring_above(high, 0.01, max_per_image=min(len(h["instances"]) for h in high))
+
+
+def test_tied_scores_ordered_by_fit_bracket_the_ap_as_saved(tmp_path):
+    import importlib.util
+    import json
+    import os
+
+    from detectron2.config import get_cfg
+    from detectron2.data.datasets import register_coco_instances
+
+    from retina_plugin.config import add_retina_config
+    from retina_plugin.saved_detections import tied_detections
+
+    spec = importlib.util.spec_from_file_location(
+        "tied_scores", os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools", "tied_scores.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+
+    # One 40 x 40 object per image, two detections of it at the same score 1: a loose box
+    # (IoU 40 / 50 = 0.8) saved first, then an exact one.
+    coco, predictions = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "c1"}]}, []
+    for image_id in range(1, 11):
+        coco["images"].append({"id": image_id, "width": 100, "height": 100, "file_name": f"{image_id}.png"})
+        coco["annotations"].append({"id": image_id, "image_id": image_id, "category_id": 1, "bbox": [20, 20, 40, 40],
+                                    "area": 1600, "iscrowd": 0})
+        predictions.append({"image_id": image_id, "instances": [
+            {"image_id": image_id, "category_id": 0, "bbox": [20, 20, 50, 40], "score": 1.0},
+            {"image_id": image_id, "category_id": 0, "bbox": [20, 20, 40, 40], "score": 1.0}]})
+    predictions[0]["instances"].append({"image_id": 1, "category_id": 0, "bbox": [60, 60, 10, 10], "score": 0.5})
+    (tmp_path / "gt.json").write_text(json.dumps(coco))
+    register_coco_instances("tied_scores_gt", {}, str(tmp_path / "gt.json"), str(tmp_path))
+    run = tmp_path / "run"
+    (run / "inference").mkdir(parents=True)
+    cfg = get_cfg()
+    add_retina_config(cfg)
+    cfg.DATASETS.TEST = ("tied_scores_gt",)
+    (run / "config.yaml").write_text(cfg.dump())
+    torch.save(predictions, run / "inference" / "instances_predictions.pth")
+
+    assert tied_detections(predictions) == 20  # the lone 0.5 shares its score with none
+    (name, found), = tool.main([str(run), "--output", str(tmp_path / "table.md")])
+    assert (found["detections"], found["tied"]) == (21, 20)
+    # As saved, the loose box comes first: above IoU 0.8 it is a false positive before each
+    # exact box (precision 0.5); at or below it the exact box is a duplicate after it, and the
+    # ties across images interleave them (precision k / (2k - 1) at the k-th object).
+    assert found["saved"][1] == pytest.approx(50.0, abs=0.01)
+    assert 50 < found["saved"][0] < 60
+    assert found["by_fit"] == pytest.approx((100.0, 100.0), abs=0.01)  # every exact box first
+    table = (tmp_path / "table.md").read_text()
+    assert f"| 21 | 20 | {found['saved'][0]:.2f} (50.0) | 100.00 (100.0) |" in table

@@ -15,15 +15,12 @@ is trained or inferred. Prints the markdown tables, one row per run, and writes 
 
 --score-above S keeps only the detections scoring above S: the AP the same weights give at the
 score threshold S, for a run evaluated at a lower one (Sampling-Free's threshold, the prior),
-without its weights (exact: retina_plugin.evaluation.detections_scoring_above).
+without its weights (exact but for tied scores: retina_plugin.saved_detections).
 """
 import argparse
-import contextlib
-import io
 import json
 import os
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import retina_plugin  # noqa: E402,F401  (registers the built-in data sets)
@@ -33,10 +30,9 @@ from detectron2.data import DatasetCatalog  # noqa: E402
 from retina_plugin.ablations.run_dir import read_metrics, summarize_metrics  # noqa: E402
 from retina_plugin.analysis import describe_run  # noqa: E402
 from retina_plugin.config import get_retina_cfg  # noqa: E402
-from retina_plugin.evaluation import (  # noqa: E402
-    EngineCOCOEvaluator, detections_scoring_above, first_ranked_localisation,
-)
+from retina_plugin.evaluation import first_ranked_localisation  # noqa: E402
 from retina_plugin.sampling_free import inference_score_thresh  # noqa: E402
+from retina_plugin.saved_detections import detections_scoring_above, evaluate_saved  # noqa: E402
 
 PREDICTIONS = os.path.join("inference", "instances_predictions.pth")
 
@@ -75,20 +71,9 @@ def evaluate_run(run_dir, score_above=None):
             predictions = detections_scoring_above(predictions, score_above, cfg.TEST.DETECTIONS_PER_IMAGE)
         except ValueError as e:
             raise SystemExit(f"{run_dir}: {e}")
-    # Loading a built-in set first makes (or finds) its files and sets its metadata's json_file,
-    # which COCOEvaluator then reads, as after the test loader in training.
-    dataset_dicts = DatasetCatalog.get(cfg.DATASETS.TEST[0])
-    # Before evaluate(), which rewrites the detections' class ids to the data set's in place.
-    localisation = first_ranked_localisation(dataset_dicts, predictions)
-    with tempfile.TemporaryDirectory() as scratch:  # the data set's COCO json, if it has none
-        evaluator = EngineCOCOEvaluator(cfg.DATASETS.TEST[0], engine=cfg.TEST.COCO_EVAL_ENGINE, tasks=("bbox",),
-                                        distributed=False, output_dir=scratch)
-        evaluator.reset()
-        # The saved file is the list that process() collects; evaluate() then runs as after inference.
-        evaluator._predictions.extend(predictions)
-        with contextlib.redirect_stdout(io.StringIO()):
-            evaluator.evaluate()
-    return cfg, evaluator.ap_at_each_iou["bbox"], localisation
+    # Before evaluating, so that the built-in set exists; its class ids as the detections' own.
+    localisation = first_ranked_localisation(DatasetCatalog.get(cfg.DATASETS.TEST[0]), predictions)
+    return cfg, evaluate_saved(cfg, predictions), localisation
 
 
 def format_table(rows):
