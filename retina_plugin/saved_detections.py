@@ -23,7 +23,10 @@ TIE_STEP = 1e-8
 
 def evaluate_saved(cfg, predictions: List[dict]) -> Dict[float, float]:
     """{IoU threshold: AP} of saved detections on cfg's DATASETS.TEST[0], with its
-    TEST.COCO_EVAL_ENGINE, as COCOEvaluator evaluates them after inference."""
+    TEST.COCO_EVAL_ENGINE, as COCOEvaluator evaluates them after inference. A ValueError if
+    there is no detection at all (COCOEvaluator then computes nothing)."""
+    if not any(p["instances"] for p in predictions):
+        raise ValueError("the run saved no detections (a diverged or untrained model): nothing to evaluate")
     # Loading a built-in set first makes (or finds) its files and sets its metadata's json_file,
     # which COCOEvaluator then reads, as after the test loader in training.
     DatasetCatalog.get(cfg.DATASETS.TEST[0])

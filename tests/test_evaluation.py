@@ -264,10 +264,11 @@ def test_detections_scoring_above_a_threshold_are_what_inference_at_it_saves():
         detections_scoring_above(high, 0.01, max_per_image=min(len(h["instances"]) for h in high))
 
 
-def test_tied_scores_ordered_by_fit_bracket_the_ap_as_saved(tmp_path):
+def test_tied_scores_ordered_by_fit_give_about_the_most_ap_the_ties_can(tmp_path, capsys):
     import importlib.util
     import json
     import os
+    import shutil
 
     from detectron2.config import get_cfg
     from detectron2.data.datasets import register_coco_instances
@@ -312,3 +313,9 @@ def test_tied_scores_ordered_by_fit_bracket_the_ap_as_saved(tmp_path):
     assert found["by_fit"] == pytest.approx((100.0, 100.0), abs=0.01)  # every exact box first
     table = (tmp_path / "table.md").read_text()
     assert f"| 21 | 20 | {found['saved'][0]:.2f} (50.0) | 100.00 (100.0) |" in table
+    # A run that saved no detection (a diverged one) is left out with a line saying so.
+    empty = tmp_path / "empty"
+    shutil.copytree(run, empty)
+    torch.save([dict(p, instances=[]) for p in predictions], empty / "inference" / "instances_predictions.pth")
+    assert [name for name, _ in tool.main([str(empty), str(run)])] == [name]
+    assert "saved no detections" in capsys.readouterr().out

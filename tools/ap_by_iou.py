@@ -73,7 +73,10 @@ def evaluate_run(run_dir, score_above=None):
             raise SystemExit(f"{run_dir}: {e}")
     # Before evaluating, so that the built-in set exists; its class ids as the detections' own.
     localisation = first_ranked_localisation(DatasetCatalog.get(cfg.DATASETS.TEST[0]), predictions)
-    return cfg, evaluate_saved(cfg, predictions), localisation
+    try:
+        return cfg, evaluate_saved(cfg, predictions), localisation
+    except ValueError as e:
+        raise SystemExit(f"{run_dir}: {e}")
 
 
 def format_table(rows):

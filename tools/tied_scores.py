@@ -63,7 +63,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     rows = []
     for run_dir in args.run_dirs:
-        cfg, found = measure_run(run_dir)
+        try:
+            cfg, found = measure_run(run_dir)
+        except ValueError as e:
+            print(f"{run_dir}: {e}; left out", flush=True)
+            continue
         rows.append((describe_run(cfg), found))
         print(f"{describe_run(cfg)}: {found['tied']} of {found['detections']} detections tied", flush=True)
     table = format_table(rows)
