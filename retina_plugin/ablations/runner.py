@@ -37,6 +37,16 @@ FLOAT64_SCORES_DIR = "eval_float64_scores"
 PRETRAINED_BACKBONE = re.compile(r"Pretrained backbone: \S+ is .* \(sha256 ([0-9a-f]+)\)")
 
 
+def run_logged(cmd, log_file, env, launch=None) -> int:
+    """Run `cmd` with its output in `log_file` (its first line the command): its exit status."""
+    with open(log_file, "w") as log:
+        log.write(" ".join(cmd) + "\n")
+        log.flush()
+        if launch is None:
+            return subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        return launch(cmd, log, env)
+
+
 def run_cell(cell: Cell, out_dir, base_args: List[str], extra_opts: List[str], threads=None, launch=None):
     """Train and evaluate one cell with train_net.py (unless done before); return its Result.
     `launch(command, log file, env)` runs train_net.py and returns its exit status
@@ -55,13 +65,7 @@ def run_cell(cell: Cell, out_dir, base_args: List[str], extra_opts: List[str], t
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     start = time.time()
-    with open(log_file, "w") as log:
-        log.write(" ".join(cmd) + "\n")
-        log.flush()
-        if launch is None:
-            returncode = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        else:
-            returncode = launch(cmd, log, env)
+    returncode = run_logged(cmd, log_file, env, launch)
     with open(log_file) as f:
         text = f.read()
     diverged = DIVERGED.search(text)
@@ -109,13 +113,7 @@ def evaluate_with_float64_scores(directory, base_args=(), env=None, launch=None)
            "MODEL.WEIGHTS", weights, "MODEL.RETINANET.SCORE_DTYPE_TEST", "float64", "OUTPUT_DIR", out]
     os.makedirs(out, exist_ok=True)
     log_file = os.path.join(out, "run.log")
-    with open(log_file, "w") as log:
-        log.write(" ".join(cmd) + "\n")
-        log.flush()
-        if launch is None:
-            returncode = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        else:
-            returncode = launch(cmd, log, env)
+    returncode = run_logged(cmd, log_file, env, launch)
     with open(log_file) as f:
         found = COPYPASTE.findall(f.read())
     if returncode != 0 or not found:
