@@ -31,6 +31,8 @@ from .run_dir import (
 DIVERGED = re.compile(r"Loss became infinite or NaN at iteration=(\d+)")
 # COCOEvaluator's bbox metrics as detectron2 prints them: names, then values.
 COPYPASTE = re.compile(r"copypaste: (AP,AP50,AP75,APs,APm,APl)\n.*copypaste: ([^\n]+)")
+# The project's training script, which runs every cell and its evaluation.
+TRAIN_NET = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "train_net.py")
 # Where a finished run's final weights are evaluated again with float64 class scores.
 FLOAT64_SCORES_DIR = "eval_float64_scores"
 # train_net.py logs which pretrained backbone a run starts from (retina_plugin.pretrain.require_pretrained).
@@ -57,9 +59,8 @@ def run_cell(cell: Cell, out_dir, base_args: List[str], extra_opts: List[str], t
     directory = cell_dir(cell, out_dir)
     os.makedirs(directory, exist_ok=True)
     log_file = os.path.join(directory, "run.log")
-    train_net = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "train_net.py")
     # The cell's own overrides last: they win over the command line's.
-    cmd = [sys.executable, train_net, *base_args, "--resume", "OUTPUT_DIR", directory]
+    cmd = [sys.executable, TRAIN_NET, *base_args, "--resume", "OUTPUT_DIR", directory]
     cmd += list(extra_opts) + cell.opts()
     env = dict(os.environ)
     if threads:
@@ -104,12 +105,11 @@ def evaluate_with_float64_scores(directory, base_args=(), env=None, launch=None)
     if not os.path.isfile(weights):
         return {}
     out = os.path.join(directory, FLOAT64_SCORES_DIR)
-    train_net = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "train_net.py")
     datasets = []
     for i, arg in enumerate(base_args):
         if arg == "--dataset":
             datasets += list(base_args[i:i + 4])
-    cmd = [sys.executable, train_net, *datasets, "--config-file", os.path.join(directory, "config.yaml"), "--eval-only",
+    cmd = [sys.executable, TRAIN_NET, *datasets, "--config-file", os.path.join(directory, "config.yaml"), "--eval-only",
            "MODEL.WEIGHTS", weights, "MODEL.RETINANET.SCORE_DTYPE_TEST", "float64", "OUTPUT_DIR", out]
     os.makedirs(out, exist_ok=True)
     log_file = os.path.join(out, "run.log")
