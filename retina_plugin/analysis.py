@@ -93,8 +93,13 @@ def collect_p_t(model, batches, negatives_per_image=100_000, seed=0):
     return {kind: torch.cat(values).numpy() for kind, values in found.items()}
 
 
+# The paper's initialisation of the class bias, which every run but the init grid's uses.
+PAPER_PRIOR_PROB = 0.01
+
+
 def describe_run(cfg) -> str:
-    """A run in a few words: its loss, Sampling-Free's pieces, clipping, schedule and seed."""
+    """A run in a few words: its loss, Sampling-Free's pieces, a prior other than the paper's,
+    clipping, schedule and seed."""
     retina = cfg.MODEL.RETINANET
     alpha, gamma = retina.FOCAL_LOSS_ALPHA, retina.FOCAL_LOSS_GAMMA
     alpha_text = "per-class alpha" if isinstance(alpha, (list, tuple)) else f"alpha {alpha:g}"
@@ -109,6 +114,8 @@ def describe_run(cfg) -> str:
                                             ("adaptive threshold", retina.SAMPLING_FREE.ADAPTIVE_SCORE_THRESH)) if on]
     if sampling_free:
         loss += f" ({', '.join(sampling_free)})"
+    if not retina.SAMPLING_FREE.PRIOR_FROM_DATA and retina.PRIOR_PROB != PAPER_PRIOR_PROB:
+        loss += f", bias prior pi = {retina.PRIOR_PROB:g}"  # the init grid's other cell
     clipping = "clipping" if cfg.SOLVER.CLIP_GRADIENTS.ENABLED else "no clipping"
     steps = ",".join(map(str, cfg.SOLVER.STEPS))
     return f"{loss}, {clipping}, {cfg.SOLVER.MAX_ITER} iterations (steps {steps}), seed {cfg.SEED}"

@@ -6,7 +6,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-from retina_plugin.analysis import collect_p_t, cumulative_normalized_loss, loss_against_p_t
+from retina_plugin.analysis import collect_p_t, cumulative_normalized_loss, describe_run, loss_against_p_t
 from retina_plugin.data import make_categories, register_coco_dataset, write_synthetic_coco
 
 from helpers import tiny_batch, tiny_cfg
@@ -184,3 +184,12 @@ def test_anchor_fit_tool_reads_a_runs_checkpoint(tmp_path):
     assert len(rows) == 1
     objects, anchors = (int(cell) for cell in rows[0].split(" | ")[1:3])
     assert 0 < objects <= anchors
+
+
+def test_describe_run_names_the_loss_and_a_prior_other_than_the_papers():
+    cfg = tiny_cfg()
+    cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA, cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA = 0.0, -1.0
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED, cfg.SEED = False, 1
+    assert describe_run(cfg).startswith("CE, no clipping, ") and describe_run(cfg).endswith("seed 1")
+    cfg.MODEL.RETINANET.PRIOR_PROB = 0.5  # the standard initialisation: two runs no longer read alike
+    assert describe_run(cfg).startswith("CE, bias prior pi = 0.5, no clipping, ")

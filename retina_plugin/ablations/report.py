@@ -48,6 +48,11 @@ def write_reports(names, results, out_dir, title_note="", seeds=None):
             else:
                 each = ", ".join(format_ap(r) for r in runs)
                 ours = [each] + [format_mean(*summarize(runs, m)) for m in METRICS]
+                failed = sum(1 for r in runs if r is not None and r.status != "ok")
+                finished = summarize(runs, "AP")[2]
+                if failed and finished:
+                    # A mean over the runs that finished alone would hide that the others did not.
+                    ours[1] += f" ({finished} of {finished + failed} runs; {failed} did not finish)"
             md.append(f"| {cell.label} | " + " | ".join(ours) + f" | {paper} |")
             for run, result in zip(cell.seeded(seeds), runs):
                 row = {"grid": name, "cell": cell.label, "seed": dict(run.overrides).get("SEED", ""), "dir": run.key}
