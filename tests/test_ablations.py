@@ -584,3 +584,28 @@ def test_headline_report_compares_losses_and_clipping_seed_by_seed(tmp_path):
     # Without seeds there is nothing to pair: the grid's own table only.
     md = open(write_reports(["headline"], results, str(tmp_path))["md"]).read()
     assert "seed by seed" not in md.lower()
+
+
+def test_lines_logged_at_once_by_the_pool_and_the_progress_thread_stay_whole(tmp_path):
+    import time
+    import unittest.mock
+
+    cells = tuple(Cell(f"FL, seed {seed}", (("SEED", seed),)) for seed in range(2))
+    active, overlaps, lines = [0], [], []
+
+    def log(line):  # as print() is: the line and its newline are two writes, apart in time
+        active[0] += 1
+        overlaps.append(active[0] > 1)
+        time.sleep(0.01)
+        lines.append(line)
+        active[0] -= 1
+
+    def run_cell(c, out_dir, *args, **kwargs):
+        time.sleep(0.2)  # both runs finish together, while the progress thread logs
+        return Result("ok", metrics_of(40.0))
+
+    with unittest.mock.patch.dict(GRIDS, {"pair": Grid("pair", cells)}), \
+            unittest.mock.patch.object(ablations.runner, "run_cell", run_cell):
+        run_grids(["pair"], str(tmp_path), [], jobs=2, log=log, progress_every=0.005)
+    assert sum(line.startswith("FL, seed") for line in lines) == 2
+    assert len(lines) > 2 and not any(overlaps)

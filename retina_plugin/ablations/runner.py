@@ -224,6 +224,18 @@ def unfinished_runs(runs: Dict[str, Cell], out_dir, max_iter=None) -> List[str]:
     return lines
 
 
+def one_line_at_a_time(log):
+    """`log` for the pool's threads and the progress thread together: print() writes a line and
+    its newline apart, so two lines logged at once could run into one."""
+    lock = threading.Lock()
+
+    def locked(line):
+        with lock:
+            log(line)
+
+    return locked
+
+
 def run_grids(names, out_dir, base_args, extra_opts=(), jobs=1, log=print, dry=False, seeds=None,
               progress_every=60.0, max_iter=None, reuse_from: Sequence[str] = (),
               config_of: Optional[Callable[[Cell], object]] = None,
@@ -239,6 +251,7 @@ def run_grids(names, out_dir, base_args, extra_opts=(), jobs=1, log=print, dry=F
     `only`: train just the cells whose label contains one of these texts; the other cells'
     finished runs are still returned, for the report.
     """
+    log = one_line_at_a_time(log)
     every_run = grid_runs(names, seeds)
     runs = grid_runs(names, seeds, only)
     if config_of is not None:
