@@ -1,6 +1,7 @@
 """The ablation grids and their runner (retina_plugin/ablations/, tools/run_ablations.py)."""
 import csv
 import json
+import math
 import os
 import shutil
 
@@ -572,15 +573,17 @@ def test_headline_report_compares_losses_and_clipping_seed_by_seed(tmp_path):
                 ap += 3.0 if (params["loss"], seed) == ("CE", 1) else -2.0
             results[run.key] = Result("ok", metrics_of(ap))
     md = open(write_reports(["headline"], results, str(tmp_path), seeds=3)["md"]).read()
-    assert "| FL gamma 2, alpha 0.25, no clipping | +1.0, +0.5, - | +0.8 ± 0.4 | 2 of 2 |" in md
-    assert "| Sampling-Free CE, no clipping | +0.5, -1.0, - | -0.2 ± 1.1 | 1 of 2 |" in md
-    assert "| CE, clipping at norm 5 | -3.0, +4.0, -2.0 | -0.3 ± 3.8 | 1 of 3 |" in md
-    assert "| CE | -2.0, +3.0, -2.0 | -0.3 ± 2.9 | 1 of 3 |" in md
-    assert "| balanced CE, alpha 0.75 | -2.0, -2.0, - | -2.0 ± 0.0 | 0 of 2 |" in md
+    assert "| FL gamma 2, alpha 0.25, no clipping | +1.0, +0.5, - | +0.8 ± 0.4 | -2.4 to +3.9 | 2 of 2 |" in md
+    assert "| Sampling-Free CE, no clipping | +0.5, -1.0, - | -0.2 ± 1.1 | -9.8 to +9.3 | 1 of 2 |" in md
+    assert "| CE, clipping at norm 5 | -3.0, +4.0, -2.0 | -0.3 ± 3.8 | -9.7 to +9.1 | 1 of 3 |" in md
+    assert "| CE | -2.0, +3.0, -2.0 | -0.3 ± 2.9 | -7.5 to +6.8 | 1 of 3 |" in md
+    assert "| balanced CE, alpha 0.75 | -2.0, -2.0, - | -2.0 ± 0.0 | -2.0 to -2.0 | 0 of 2 |" in md
     # A difference that prints as +0.0 is not a seed ahead.
     from retina_plugin.ablations.paired import format_differences
 
-    assert format_differences([0.02, -0.3, None]) == ["+0.0, -0.3, -", "-0.1 ± 0.2", "0 of 2"]
+    assert format_differences([0.02, -0.3, None]) == ["+0.0, -0.3, -", "-0.1 ± 0.2", "-2.2 to +1.9", "0 of 2"]
+    # The interval is the paired t one: mean -0.14, std 0.226 over 2 seeds, t(0.975, 1) = 12.7.
+    assert format_differences([0.5, None, None]) == ["+0.5, -, -", "+0.5", "-", "1 of 1"]
     # Without seeds there is nothing to pair: the grid's own table only.
     md = open(write_reports(["headline"], results, str(tmp_path))["md"]).read()
     assert "seed by seed" not in md.lower()
@@ -609,3 +612,17 @@ def test_lines_logged_at_once_by_the_pool_and_the_progress_thread_stay_whole(tmp
         run_grids(["pair"], str(tmp_path), [], jobs=2, log=log, progress_every=0.005)
     assert sum(line.startswith("FL, seed") for line in lines) == 2
     assert len(lines) > 2 and not any(overlaps)
+
+
+def test_t_quantile_matches_the_closed_forms_and_the_normal_limit():
+    import statistics
+
+    from retina_plugin.ablations.paired import t_quantile
+
+    for p in (0.6, 0.9, 0.975, 0.995):
+        assert t_quantile(p, 1) == pytest.approx(math.tan(math.pi * (p - 0.5)), abs=1e-5)  # Cauchy
+        assert t_quantile(p, 2) == pytest.approx((2 * p - 1) * math.sqrt(2 / (4 * p * (1 - p))), abs=1e-5)
+        assert t_quantile(p, 5000) == pytest.approx(statistics.NormalDist().inv_cdf(p), abs=1e-3)
+    assert t_quantile(0.5, 3) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="0.5 <= p < 1"):
+        t_quantile(0.3, 3)
