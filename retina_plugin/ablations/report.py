@@ -12,7 +12,7 @@ import textwrap
 from typing import Dict, List
 
 from .grids import GRIDS, METRICS, PAPER_SOURCE, Cell
-from .paired import paired_tables
+from .paired import paired_differences, paired_interval, paired_tables
 from .result import format_ap
 from .seeds import cell_runs, mean_std, summarize
 
@@ -226,16 +226,19 @@ def sweep_points(name, results, seeds=None):
     """
     Per data set of a sweep grid, in the grid's order: {"dataset", "R" (median R that its runs
     logged), "ap": {loss: (mean, std, n)}, "share": {loss: mean background share}, "delta":
-    {loss: (AP(loss) - AP(balanced CE), its std, the fewer of the two cells' finished runs)}
-    for every loss but the reference and the outcome-only one, "outcome": {loss: its runs'
-    outcomes} for the outcome-only one}.
+    {loss: (mean of AP(loss) - AP(balanced CE), its std, the seeds both finished, the mean's
+    95% interval or None)} for every loss but the reference and the outcome-only one,
+    "outcome": {loss: its runs' outcomes} for the outcome-only one}. The differences are
+    paired, seed by seed: runs of one seed share the head's initial weights and the order of
+    the images, so their difference is free of most of the spread between seeds.
     """
     points = []
     for cell in GRIDS[name].cells:
         params = dict(cell.params)
         dataset, loss = params["dataset"], params["loss"]
         if not points or points[-1]["dataset"] != dataset:
-            points.append({"dataset": dataset, "ratios": [], "ap": {}, "share": {}, "delta": {}, "outcome": {}})
+            points.append({"dataset": dataset, "ratios": [], "ap": {}, "share": {}, "delta": {}, "outcome": {},
+                           "runs": {}})
         point, runs = points[-1], cell_runs(cell, results, seeds)
         point["ratios"] += [r.neg_pairs_per_pos for r in runs if r is not None and r.neg_pairs_per_pos]
         if loss == OUTCOME_ONLY:
@@ -243,14 +246,15 @@ def sweep_points(name, results, seeds=None):
             continue
         shares = [r.background_share for r in runs if r is not None and r.background_share is not None]
         point["ap"][loss], point["share"][loss] = summarize(runs), mean_std(shares)[0]
+        point["runs"][loss] = runs
     for point in points:
-        ratios = point.pop("ratios")
+        ratios, runs = point.pop("ratios"), point.pop("runs")
         point["R"] = statistics.median(ratios) if ratios else math.nan
-        ref, ref_std, ref_n = point["ap"].get(REFERENCE_LOSS, (math.nan, math.nan, 0))
-        for loss, (ap, std, n) in point["ap"].items():
+        reference = runs.get(REFERENCE_LOSS, [])
+        for loss, loss_runs in runs.items():
             if loss != REFERENCE_LOSS:
-                delta = (ap - ref, math.hypot(std, ref_std)) if n and ref_n else (math.nan, math.nan)
-                point["delta"][loss] = (*delta, min(n, ref_n))
+                differences = [d for d in paired_differences(loss_runs, reference) if d is not None]
+                point["delta"][loss] = (*mean_std(differences), len(differences), paired_interval(differences))
     return points
 
 
@@ -312,19 +316,26 @@ def sweep_table(name, results, seeds=None) -> List[str]:
         return "-" if share is None or share != share else f"{100 * share:.0f}%"
 
     def difference(delta):
-        mean, std, runs = delta
+        mean, std, runs, interval = delta
         if mean != mean:
             return "-"
-        return f"{mean:+.1f} (1 seed)" if runs == 1 else f"{mean:+.1f} ± {std:.1f}"  # no spread from one run each
+        if runs == 1:
+            return f"{mean:+.1f} (1 seed)"  # no spread from one pair
+        return f"{mean:+.1f} ± {std:.1f} [{interval[0]:+.1f}, {interval[1]:+.1f}]"
 
     for p in sweep_points(name, results, seeds):
         row = [p["dataset"], "-" if p["R"] != p["R"] else f"{p['R']:.3g}"]
         row += [format_mean(*p["ap"].get(loss, (math.nan, math.nan, 0))) for loss in scored]
-        row += [difference(p["delta"].get(loss, (math.nan, math.nan, 0))) for loss in compared]
+        row += [difference(p["delta"].get(loss, (math.nan, math.nan, 0, None))) for loss in compared]
         row.append(", ".join(percent(p["share"].get(loss)) for loss in scored))
         row += [p["outcome"].get(loss, "-") for loss in outcomes]
         lines.append("| " + " | ".join(row) + " |")
     return lines + [
+        "",
+        f"AP(loss) - AP({REFERENCE_LOSS}): paired, the mean ± std over the seeds both finished of "
+        "the difference between runs of the same seed (they share the head's initial weights and "
+        "the order of the images), and in brackets the mean's 95% interval (Student's t: wide "
+        "for 2 seeds).",
         "",
         "background's share: the median over training of the background anchors' part of the "
         "classification loss (`cls_loss_background_share`), the mean over seeds. The paper's "
