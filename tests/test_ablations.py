@@ -24,6 +24,24 @@ def distinct_cells():
     return {cell.key: cell for grid in GRIDS.values() for cell in grid.cells}
 
 
+def test_every_run_directory_name_fits_the_file_system_and_says_its_seed():
+    # The sweep's Sampling-Free cells name a data set and three Sampling-Free keys: 322 bytes
+    # at seed 0, over the 255 a directory name may have; the runner failed to create them.
+    runs = {run.overrides: run.key for grid in GRIDS.values() for cell in grid.cells for run in cell.seeded(3)}
+    assert len(set(runs.values())) == len(runs)  # distinct overrides, distinct directories
+    for overrides, key in runs.items():
+        assert len(key.encode()) <= ablations.grids.MAX_DIRECTORY_NAME, key
+        seed = dict(overrides)["SEED"]
+        assert f"seed={seed}" in key, key
+    sampling_free = next(c for c in GRIDS["imbalance"].cells
+                         if "Sampling-Free" in c.label and "k48_single" in c.label)
+    key = sampling_free.with_seed(1).key  # shortened: its names, not its values
+    assert "train=retina_imbalance_k48_single_train" in key and "sf_prior=True__seed=1__clip=False__" in key
+    # Names that fit are never changed: finished runs are found again by their directory.
+    fl = Cell("FL", (("MODEL.RETINANET.FOCAL_LOSS_GAMMA", 2.0),)).with_seed(1)
+    assert fl.key == "focal_loss_gamma=2.0__seed=1"
+
+
 @pytest.mark.parametrize("key", sorted(distinct_cells()))
 def test_every_cell_is_a_valid_config(key):
     cfg = get_cfg()

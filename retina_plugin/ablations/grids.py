@@ -2,17 +2,34 @@
 The paper's ablations, and the imbalance sweep, as named grids of cells: config overrides
 that train_net.py runs (runner.py) and report.py reports beside the paper's numbers.
 
-A cell's output directory is named after its overrides (its seed included), so a cell shared
+A cell's output directory is named after its overrides (its seed included; their names
+shortened where the name would be too long for the file system), so a cell shared
 by two grids (FL with gamma 2, alpha 0.25 is in Table 1b and 1d) trains once.
 """
+import hashlib
 import re
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Tuple
 
 RETINANET = "MODEL.RETINANET."
+# Most file systems cap one path component at 255 bytes.
+MAX_DIRECTORY_NAME = 255
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # Table 1 of the paper: R-50-FPN (R-101 in 1d) trained and tested at 600 px on COCO minival.
 PAPER_SOURCE = "the paper's Table 1 (COCO minival, R-50-FPN at 600 px; R-101 in Table 1d)"
+
+
+# How a directory name too long for the file system names the keys (the rest stay whole).
+_SHORT_KEY_NAMES = {
+    "datasets_test": "test", "datasets_train": "train", "cls_loss_type": "loss",
+    "focal_loss_alpha": "alpha", "focal_loss_gamma": "gamma", "loss_normalizer": "normalizer",
+    "num_classes": "classes", "sampling_free_prior_from_data": "sf_prior",
+    "sampling_free_adaptive_score_thresh": "sf_thresh", "solver_clip_gradients_enabled": "clip",
+}
+
+
+def _directory_name(parts) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=,-]", "", "__".join(f"{name}={value}" for name, value in parts))
 
 
 @dataclass(frozen=True)
@@ -29,11 +46,17 @@ class Cell:
     @property
     def key(self) -> str:
         """A directory name that says what the cell runs: the same overrides, the same name."""
-        parts = []
-        for name, value in sorted(self.overrides):
-            short = name.replace(RETINANET, "").lower().replace(".", "_")
-            parts.append(f"{short}={value}")
-        return re.sub(r"[^A-Za-z0-9_.=,-]", "", "__".join(parts))
+        parts = [(name.replace(RETINANET, "").lower().replace(".", "_"), value)
+                 for name, value in sorted(self.overrides)]
+        key = _directory_name(parts)
+        if len(key) <= MAX_DIRECTORY_NAME:
+            return key
+        # Too long for one directory name (a sweep's Sampling-Free cell names its data set and
+        # three Sampling-Free keys): the keys' names shortened, the values whole, and the full
+        # name's hash, so that two cells never share a directory. Names that fit never change.
+        short = _directory_name([(_SHORT_KEY_NAMES.get(name, name), value) for name, value in parts])
+        digest = hashlib.sha1(key.encode()).hexdigest()[:10]
+        return f"{short[:MAX_DIRECTORY_NAME - len(digest) - 2]}__{digest}"
 
     def with_seed(self, seed: int) -> "Cell":
         """The same cell trained with SEED `seed` (its own directory)."""
