@@ -455,7 +455,9 @@ def test_a_run_with_the_same_resolved_config_is_reused_not_retrained(tmp_path):
     cfg = resolved_config(config, (), other.opts() + ["OUTPUT_DIR", str(before), "MODEL.DEVICE", "cpu"])
     (before / "config.yaml").write_text(cfg.dump())
     (before / "metrics.json").write_text('{"iteration": 9, "bbox/AP": 41.5}\n')
-    write_result = Result("ok", metrics_of(41.5), curve=[(9, 41.5)])
+    # It started from a run of its own output directory: its record names it from there.
+    write_result = Result("ok", metrics_of(41.5), curve=[(9, 41.5)],
+                          shared_prefix_from=f"{os.path.join('cells', 'long')}, iterations 0-7")
     import json
 
     (before / "result.json").write_text(json.dumps(write_result.__dict__))
@@ -485,6 +487,10 @@ def test_a_run_with_the_same_resolved_config_is_reused_not_retrained(tmp_path):
     assert (out / "cells" / cell.key / "metrics.json").read_text() == (before / "metrics.json").read_text()
     assert ablations.finished_result(cell, str(out)).reused_from == reused.reused_from
     assert f"FL seed 0 is `{reused.reused_from}`" in report
+    # ... and the reused copy names that run from its own output directory.
+    forked_from = os.path.join("..", "before", "cells", "long")
+    assert reused.shared_prefix_from == f"{forked_from}, iterations 0-7"
+    assert f"FL seed 0 took `{forked_from}, iterations 0-7`" in report
 
 
 def test_a_finished_run_without_its_config_is_not_reused_and_the_log_says_why(tmp_path):

@@ -166,7 +166,13 @@ def test_the_runner_starts_a_run_from_a_sibling_of_another_schedule_and_the_repo
     assert saved["trainer"]["_trainer"]["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.002)
     assert any(line.startswith(f"{short.label}, seed 0: iterations 0 to 2499 are those of cells/{long.key}") for line in lines)
     report = open(write_reports(["schedule"], results, str(tmp_path), seeds=1)["md"]).read()
-    assert f"{short.label} seed 0 took `cells/{long.key}, iterations 0-2499`" in report
+    # `long` has not finished: the report says where its iterations' records are instead.
+    assert (f"{short.label} seed 0 took `cells/{long.key}, iterations 0-2499` (a run that did not finish, "
+            "not kept: those iterations' records are in this run's metrics.json)") in report
+    with open(os.path.join(sibling, "result.json"), "w") as f:
+        json.dump(Result("ok", {"AP": 60.0}).__dict__, f)
+    report = open(write_reports(["schedule"], results, str(tmp_path), seeds=1)["md"]).read()
+    assert f"{short.label} seed 0 took `cells/{long.key}, iterations 0-2499`;" in report
 
 
 def test_a_checkpoint_whose_evaluation_cannot_be_replayed_is_not_taken_and_the_log_says_why(tmp_path):

@@ -238,3 +238,13 @@ def shared_prefix_of(directory) -> Optional[str]:
     with open(path) as f:
         prefix = json.load(f)
     return f"{prefix['from']}, iterations 0-{prefix['iteration']}"
+
+
+def rebase_shared_prefix(text: str, from_dir, to_dir) -> str:
+    """shared_prefix_of's '<run>, iterations 0-k', <run> relative to `from_dir`, rewritten
+    with <run> relative to `to_dir`: a run reused by another output directory must still name
+    the run it started from as seen from there."""
+    run, sep, iterations = text.rpartition(", iterations ")
+    if not sep:
+        return text
+    return f"{os.path.relpath(os.path.join(from_dir, run), to_dir)}{sep}{iterations}"

@@ -23,6 +23,16 @@ def format_mean(mean, std, count) -> str:
     return f"{mean:.1f}" if count == 1 else f"{mean:.1f} ± {std:.1f}"
 
 
+def _forked_from(row, out_dir) -> str:
+    """The run a run took its first iterations from, and whether that run is there to read."""
+    source = row["shared_prefix_from"].rpartition(", iterations ")[0]
+    text = f"`{row['shared_prefix_from']}`"
+    if not os.path.isfile(os.path.join(out_dir, source, "result.json")):
+        # A run stopped before its end is not kept; the iterations taken from it live on here.
+        text += " (a run that did not finish, not kept: those iterations' records are in this run's metrics.json)"
+    return text
+
+
 def write_reports(names, results, out_dir, title_note="", seeds=None):
     """results.md, results.csv and the PNG plots in out_dir; return their paths."""
     rows, md = [], [f"# Ablations\n\n{title_note}".rstrip() + "\n"]
@@ -81,7 +91,7 @@ def write_reports(names, results, out_dir, title_note="", seeds=None):
             md.append("Runs that started from a checkpoint of a run of another schedule, whose first "
                       "iterations had the same config and learning rate (the same iterations: "
                       "retina_plugin/ablations/prefix.py): " + "; ".join(
-                          f"{r['cell']}" + (f" seed {r['seed']}" if r["seed"] != "" else "") + f" took `{r['shared_prefix_from']}`"
+                          f"{r['cell']}" + (f" seed {r['seed']}" if r["seed"] != "" else "") + f" took {_forked_from(r, out_dir)}"
                           for r in forked) + ".\n")
         backbones = sorted({r["backbone_sha256"] for r in rows if r["grid"] == name and r["backbone_sha256"]})
         if len(backbones) > 1:

@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from .configs import config_differences
 from .grids import GRIDS, Cell
-from .prefix import cell_dirs_under, shared_prefix_of, start_from_shared_prefix
+from .prefix import cell_dirs_under, rebase_shared_prefix, shared_prefix_of, start_from_shared_prefix
 from .progress import Progress
 from .result import Result, outcome
 from .run_dir import (
@@ -175,7 +175,12 @@ def reuse_same_run(cell: Cell, out_dir, cfg, candidates: Sequence[str]) -> Optio
             if os.path.isfile(os.path.join(run, name)):
                 shutil.copyfile(os.path.join(run, name), os.path.join(directory, name))
         with open(os.path.join(run, "result.json")) as f:
-            result = Result(**{**json.load(f), "reused_from": os.path.relpath(run, out_dir)})
+            record = json.load(f)
+        # The record's paths are relative to the output directory that holds it (cells/<key>).
+        if record.get("shared_prefix_from"):
+            source_out_dir = os.path.dirname(os.path.dirname(os.path.normpath(run)))
+            record["shared_prefix_from"] = rebase_shared_prefix(record["shared_prefix_from"], source_out_dir, out_dir)
+        result = Result(**{**record, "reused_from": os.path.relpath(run, out_dir)})
         with open(os.path.join(directory, "result.json"), "w") as f:
             json.dump(result.__dict__, f)
         return result
