@@ -382,6 +382,21 @@ def test_measured_regimes_answer_by_the_nearest_r(tmp_path):
     assert "at one R only, in retina_sparse" in text[0] and "the nearest measured regime is retina_shapes" in text[1]
     # A sweep that spans R, once it has runs, answers alone.
     assert [r["what"] for r in measured_regimes(100.0, (old, one), root=str(tmp_path))] == ["older"]
+    # An unfinished sweep answers only from data sets where all its runs are trained, and the
+    # sources after it are shown too (the same data set only once).
+    write("partial/results.csv", [("imbalance", *row) for row in [
+        ("retina_shapes: balanced CE, alpha 0.75", "ok", 67.0, 378.0), ("retina_shapes: FL gamma 2, alpha 0.25", "not run", "", ""),
+        ("retina_sparse: balanced CE, alpha 0.75", "ok", 83.0, 25400.0), ("retina_sparse: FL gamma 2, alpha 0.25", "ok", 84.0, 25400.0),
+        ("retina_imbalance_k12: balanced CE, alpha 0.75", "not run", "", "")]])
+    partial = Source("partial/results.csv", "paper's setup")
+    nearest, older = measured_regimes(100.0, (partial, one, old), root=str(tmp_path))  # `one`: retina_sparse again
+    assert (nearest["dataset"], nearest["what"]) == ("retina_sparse", "paper's setup (under way: 3 of 5 runs)")
+    assert nearest["ranking"] == [("FL gamma 2, alpha 0.25", 84.0, 1), ("balanced CE, alpha 0.75", 83.0, 1)]
+    assert (older["dataset"], older["what"]) == ("retina_shapes", "older")
+    text = format_regimes(100.0, [nearest, older]).splitlines()
+    assert "the nearest of the regimes measured so far is retina_sparse" in text[0]
+    assert [r["what"] for r in measured_regimes(100.0, (partial, old), root=str(tmp_path))] == [
+        "paper's setup (under way: 3 of 5 runs)", "older"]
 
 
 def test_progress_names_running_runs_their_iteration_and_an_eta(tmp_path):

@@ -15,7 +15,7 @@ Measures the config's DATASETS.TRAIN unless --dataset-name says otherwise. Print
 writes it as JSON (--output, default OUTPUT_DIR/imbalance.json). Trailing KEY VALUE pairs
 override the config. No weights are loaded and no pixels are read: only annotations. Ends with
 the measured regime nearest to this R and how the losses ranked there (the imbalance sweep; until
-the sweep in the paper's setup has runs, the converged headline grid beside the from-scratch one).
+the sweep in the paper's setup is finished, what it has beside the from-scratch one).
 """
 import argparse
 import json
