@@ -30,7 +30,7 @@ def test_every_run_directory_name_fits_the_file_system_and_says_its_seed():
     runs = {run.overrides: run.key for grid in GRIDS.values() for cell in grid.cells for run in cell.seeded(3)}
     assert len(set(runs.values())) == len(runs)  # distinct overrides, distinct directories
     for overrides, key in runs.items():
-        assert len(key.encode()) <= ablations.grids.MAX_DIRECTORY_NAME, key
+        assert len(key.encode()) <= ablations.cell.MAX_DIRECTORY_NAME, key
         seed = dict(overrides)["SEED"]
         assert f"seed={seed}" in key, key
     sampling_free = next(c for c in GRIDS["imbalance"].cells

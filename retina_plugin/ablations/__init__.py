@@ -1,12 +1,13 @@
 """
-The paper's ablations and the imbalance sweep: named grids of config overrides (grids.py),
-run through train_net.py, one process per cell and seed (runner.py, its progress line in
-progress.py), each run's outcome a Result (result.py) read back from its directory (run_dir.py),
+The paper's ablations and the imbalance sweep: named grids (grids.py) of cells, each a run's
+config overrides and the directory named after them (cell.py), run through train_net.py, one
+process per cell and seed (runner.py, its progress line in progress.py), each run's outcome a Result (result.py) read back from its directory (run_dir.py),
 and reported as a markdown table, a CSV and PNG plots beside the paper's numbers (report.py;
 a cell's seeds in seeds.py, seed-by-seed comparisons in paired.py).
 The command line is tools/run_ablations.py.
 """
-from .grids import GRIDS, METRICS, PAPER_SOURCE, SWEEP_DATA, Cell, Grid, focal
+from .cell import Cell, Grid
+from .grids import GRIDS, METRICS, PAPER_SOURCE, SWEEP_DATA, focal
 from .report import plot_series, sweep_points, write_reports
 from .result import Result, format_ap
 from .progress import Progress

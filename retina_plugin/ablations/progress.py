@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Dict, List
 
-from .grids import Cell
+from .cell import Cell
 from .result import Result
 from .run_dir import cell_dir, finished_result, last_iteration
 

@@ -11,7 +11,8 @@ import statistics
 import textwrap
 from typing import Dict, List
 
-from .grids import GRIDS, METRICS, PAPER_SOURCE, Cell
+from .cell import Cell
+from .grids import GRIDS, METRICS, PAPER_SOURCE
 from .paired import paired_differences, paired_interval, paired_tables
 from .result import format_ap
 from .seeds import cell_runs, mean_std, summarize

@@ -9,7 +9,8 @@ import statistics
 from typing import List, Optional
 
 from ..machine import machines_in_log
-from .grids import METRICS, Cell
+from .cell import Cell
+from .grids import METRICS
 from .result import Result
 
 

@@ -19,7 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional, Sequence
 
 from .configs import config_differences
-from .grids import GRIDS, Cell
+from .cell import Cell
+from .grids import GRIDS
 from .prefix import cell_dirs_under, rebase_shared_prefix, shared_prefix_of, start_from_shared_prefix
 from .progress import Progress
 from .result import Result, outcome

@@ -6,7 +6,7 @@ import math
 import statistics
 from typing import Dict, List, Optional
 
-from .grids import Cell
+from .cell import Cell
 from .result import Result
 
 

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
-from .grids import Cell
+from .cell import Cell
 from .result import Result, outcome
 from .run_dir import cell_dir, finished_result, last_iteration
 from .runner import run_cell
