@@ -237,14 +237,23 @@ def shared_prefix_of(directory) -> Optional[str]:
         return None
     with open(path) as f:
         prefix = json.load(f)
-    return f"{prefix['from']}, iterations 0-{prefix['iteration']}"
+    return f"{prefix['from']}{_ITERATIONS_SEP}0-{prefix['iteration']}"
+
+
+_ITERATIONS_SEP = ", iterations "
+
+
+def shared_prefix_run(text: str) -> Optional[str]:
+    """The <run> of shared_prefix_of's '<run>, iterations 0-k'; None if `text` is not one."""
+    run, sep, _ = text.rpartition(_ITERATIONS_SEP)
+    return run if sep else None
 
 
 def rebase_shared_prefix(text: str, from_dir, to_dir) -> str:
     """shared_prefix_of's '<run>, iterations 0-k', <run> relative to `from_dir`, rewritten
     with <run> relative to `to_dir`: a run reused by another output directory must still name
     the run it started from as seen from there."""
-    run, sep, iterations = text.rpartition(", iterations ")
-    if not sep:
+    run = shared_prefix_run(text)
+    if run is None:
         return text
-    return f"{os.path.relpath(os.path.join(from_dir, run), to_dir)}{sep}{iterations}"
+    return os.path.relpath(os.path.join(from_dir, run), to_dir) + text[len(run):]

@@ -14,6 +14,7 @@ from typing import Dict, List
 from .cell import Cell
 from .grids import GRIDS, METRICS, PAPER_SOURCE
 from .paired import paired_differences, paired_interval, paired_tables
+from .prefix import shared_prefix_run
 from .result import format_ap
 from .seeds import cell_runs, mean_std, summarize
 
@@ -26,9 +27,9 @@ def format_mean(mean, std, count) -> str:
 
 def _forked_from(row, out_dir) -> str:
     """The run a run took its first iterations from, and whether that run is there to read."""
-    source = row["shared_prefix_from"].rpartition(", iterations ")[0]
+    source = shared_prefix_run(row["shared_prefix_from"])
     text = f"`{row['shared_prefix_from']}`"
-    if not os.path.isfile(os.path.join(out_dir, source, "result.json")):
+    if source is not None and not os.path.isfile(os.path.join(out_dir, source, "result.json")):
         # A run stopped before its end is not kept; the iterations taken from it live on here.
         text += " (a run that did not finish, not kept: those iterations' records are in this run's metrics.json)"
     return text
