@@ -150,7 +150,7 @@ def _save(fig, ax, path, title, xlabel, ylabel, legend_size=7, legend_below=Fals
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     # Wrapped: a grid's long title would run past the figure's edges.
-    ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=9)
+    ax.set_title("\n".join(textwrap.wrap(title, 75)), fontsize=9)
     ax.grid(True, alpha=0.3, which="both")
     if ax.get_legend_handles_labels()[0]:
         if legend_below:
@@ -369,6 +369,13 @@ def plot_sweep(name, results, path, seeds=None):
             ax.errorbar([p["R"] for p in pts], [p["delta"][loss][0] for p in pts],
                         yerr=[p["delta"][loss][1] for p in pts], fmt="o-", color=f"C{i}", capsize=3,
                         label=f"AP({loss}) - AP({REFERENCE_LOSS})")
+            # A difference from one seed has no spread to draw: hollow, so it does not pass
+            # for one with a tiny error bar.
+            single = [p for p in pts if p["delta"][loss][2] == 1]
+            ax.plot([p["R"] for p in single], [p["delta"][loss][0] for p in single], "o",
+                    color=f"C{i}", markerfacecolor="white", zorder=3)
+    if any(p["delta"].get(loss, (0, 0, 0))[2] == 1 for p in points for loss in compared):
+        ax.plot([], [], "o", color="gray", markerfacecolor="white", label="hollow: 1 seed")
     for p in points:
         ax.annotate(p["dataset"].replace("retina_", ""), (p["R"], 0), fontsize=6,
                     textcoords="offset points", xytext=(2, -10))
