@@ -278,7 +278,7 @@ def test_report_of_seeded_runs_shows_each_run_and_mean_std(tmp_path):
     assert len(rows) == 9 and [r["seed"] for r in rows[:3]] == ["0", "1", "2"]
     assert rows[5]["status"] == "diverged at iteration 7" and rows[5]["AP"] == ""
     # The AP curves: one line per cell, the mean of the seeds at each evaluation.
-    from retina_plugin.ablations.report import curves_of
+    from retina_plugin.ablations.plots import curves_of
 
     assert curves_of(cells[0], results, 3) == [(99, 32.0, 2.0, 3), (199, 42.0, 2.0, 3)]
     assert os.path.getsize(paths["headline_scratch_curves"]) > 10_000
@@ -310,7 +310,7 @@ def test_sweep_report_puts_fl_minus_balanced_ce_against_r(tmp_path):
     assert fl[3] == pytest.approx((-4.5 - half, -4.5 + half), abs=1e-3)
     assert points[3]["R"] == 30000.0 and points[3]["delta"]["FL"][:3] == (10.5, pytest.approx(math.sqrt(0.5)), 2)
     one_seed = {k: r for k, r in results.items() if "seed=1" not in k}
-    assert "| retina_sparse | 3e+04 | 10.0 | 20.0 | +10.0 (1 seed) |" in "\n".join(ablations.report.sweep_table("imbalance_scratch", one_seed, seeds=2))
+    assert "| retina_sparse | 3e+04 | 10.0 | 20.0 | +10.0 (1 seed) |" in "\n".join(ablations.sweep_report.sweep_table("imbalance_scratch", one_seed, seeds=2))
     assert points[3]["outcome"] == {"CE, standard init": "diverged at iteration 3"}
     paths = write_reports(["imbalance_scratch"], results, str(tmp_path), seeds=2)
     md = open(paths["md"]).read()
@@ -332,12 +332,45 @@ def test_sweep_of_three_losses_compares_each_with_balanced_ce(tmp_path):
         for seed, run in enumerate(cell.seeded(2)):
             results[run.key] = Result("ok", metrics_of(aps[params["loss"]] + seed), neg_pairs_per_pos=25000.0,
                                       background_share=0.2)
-    table = "\n".join(ablations.report.sweep_table("imbalance", results, seeds=2))
+    table = "\n".join(ablations.sweep_report.sweep_table("imbalance", results, seeds=2))
     assert ("| data set | R (training's median) | balanced CE AP | FL AP | Sampling-Free AP | "
             "AP(FL) - AP(balanced CE) | AP(Sampling-Free) - AP(balanced CE) |") in table
     assert "| retina_sparse | 2.5e+04 | 50.5 ± 0.7 | 40.5 ± 0.7 | 56.5 ± 0.7 | -10.0 ± 0.0 [-10.0, -10.0] | +6.0 ± 0.0 [+6.0, +6.0] | 20%, 20%, 20% |" in table
     assert "| retina_shapes | - | - | - | - | - | - | -, -, - |" in table
     assert os.path.getsize(write_reports(["imbalance"], results, str(tmp_path), seeds=2)["imbalance"]) > 10_000
+
+
+def test_the_sweep_report_says_whether_each_run_levelled_off_before_the_rate_dropped(tmp_path):
+    from retina_plugin.ablations.run_dir import cell_dir
+    from retina_plugin.ablations.sweep_report import levelled_table
+
+    shapes = [c for c in GRIDS["imbalance"].cells if dict(c.params)["dataset"] == "retina_shapes"]
+    balanced, fl, free = (next(c for c in shapes if dict(c.params)["loss"] == loss)
+                          for loss in ("balanced CE", "FL", "Sampling-Free"))
+    results = {}
+
+    def finished(run, curve, steps):
+        results[run.key] = Result("ok", metrics_of(curve[-1][1]), curve=curve)
+        os.makedirs(cell_dir(run, str(tmp_path)))
+        if steps is not None:
+            with open(os.path.join(cell_dir(run, str(tmp_path)), "config.yaml"), "w") as f:
+                f.write(f"SOLVER:\n  STEPS: {list(steps)}\n  MAX_ITER: 1200\n")
+
+    iterations = range(99, 1200, 100)
+    # Flat at 40 before the step at 800, then 45: the last quarter (600-799) gains 0, the steps add 5.
+    finished(balanced.seeded(2)[0], [(i, 40.0 if i < 800 else 45.0) for i in iterations], (800, 1000))
+    # Climbing 1 AP per 100 iterations until the step: 4.99, 5.99 (400-599) against 6.99, 7.99
+    # (600-799) is +2.0; ending at 10.49, the steps add 3.
+    finished(balanced.seeded(2)[1], [(i, i / 100 if i < 800 else 10.49) for i in iterations], (800, 1000))
+    # No step: the rate is constant until MAX_ITER (1200), the windows are 600-899 and 900-1199:
+    # 6.99..8.99 against 9.99..11.99, +3.0; the end (11.99) is 1.0 above the last window's mean.
+    finished(fl.seeded(2)[0], [(i, i / 100) for i in iterations], ())
+    finished(free.seeded(2)[0], [(i, 50.0) for i in iterations], None)  # no config.yaml: not read
+    table = "\n".join(levelled_table("imbalance", results, str(tmp_path), seeds=2))
+    assert "| retina_shapes: balanced CE, alpha 0.75 | 800 | +0.0, +2.0 | +1.0 | +4.0 |" in table
+    assert "| retina_shapes: FL gamma 2, alpha 0.25 | 1200 | +3.0, - | +3.0 | +1.0 |" in table
+    assert "Sampling-Free" not in table
+    assert levelled_table("imbalance", {}, str(tmp_path), seeds=2) == []
 
 
 def test_measured_regimes_answer_by_the_nearest_r(tmp_path):

@@ -36,6 +36,16 @@ def _default_keys() -> Dict[str, object]:
     return _flatten(yaml.safe_load(add_retina_config(get_cfg()).dump()))
 
 
+def saved_config(config_file) -> Dict[str, object]:
+    """A run's config.yaml as flat {"SOLVER.MAX_ITER": value, ...}."""
+    import yaml
+
+    from ..config import _flatten
+
+    with open(config_file) as f:
+        return _flatten(yaml.safe_load(f) or {})
+
+
 def config_differences(config_file, cfg) -> List[str]:
     """The keys whose values differ between a run's config.yaml and `cfg`. A key the plugin
     added after that run (absent from its file) counts only if `cfg` moves it off its default."""
@@ -43,8 +53,7 @@ def config_differences(config_file, cfg) -> List[str]:
 
     from ..config import _flatten
 
-    with open(config_file) as f:
-        old = _flatten(yaml.safe_load(f) or {})
+    old = saved_config(config_file)
     new = _flatten(yaml.safe_load(cfg.dump()))
     defaults = _default_keys()
     return [

@@ -27,7 +27,7 @@ import re
 import warnings
 from typing import List, Optional, Sequence, Tuple
 
-from .configs import config_differences
+from .configs import config_differences, saved_config
 
 # Keys that shape the learning rate over the iterations and nothing else.
 SCHEDULE_KEYS = frozenset(
@@ -78,19 +78,9 @@ def cell_dirs_under(output_dirs: Sequence[str]) -> List[str]:
     return found
 
 
-def _saved_config(config_file):
-    """A run's config.yaml as flat {"SOLVER.MAX_ITER": value, ...}."""
-    import yaml
-
-    from ..config import _flatten
-
-    with open(config_file) as f:
-        return _flatten(yaml.safe_load(f) or {})
-
-
 def _with_schedule_of(cfg, config_file, keys):
     """`cfg` with the values of the schedule `keys` taken from another run's config.yaml."""
-    theirs = _saved_config(config_file)
+    theirs = saved_config(config_file)
     other = cfg.clone()
     other.defrost()
     other.merge_from_list([item for key in keys for item in (key, theirs[key])])
@@ -187,7 +177,7 @@ def start_from_shared_prefix(directory, cfg, run_dirs: Sequence[str], out_dir) -
         return None
     run, iteration, path = found
     state = torch.load(path, map_location="cpu", weights_only=True)
-    donor_max_iter = _saved_config(os.path.join(run, "config.yaml"))["SOLVER.MAX_ITER"]
+    donor_max_iter = saved_config(os.path.join(run, "config.yaml"))["SOLVER.MAX_ITER"]
     replayed = ""
     # Written before its iteration's evaluation (shared_checkpoint took it: it has random states).
     if _evaluated_at(iteration, cfg.TEST.EVAL_PERIOD, donor_max_iter) and not state["random_states"].get("after_evaluation", False):

@@ -29,3 +29,9 @@ def summarize(runs: List[Optional[Result]], metric="AP"):
     values = [v for v in values if v is not None and math.isfinite(v)]
     mean, std = mean_std(values)
     return mean, std, len(values)
+
+
+def format_mean(mean, std, count) -> str:
+    if count == 0:
+        return "-"
+    return f"{mean:.1f}" if count == 1 else f"{mean:.1f} ± {std:.1f}"
