@@ -366,6 +366,9 @@ def test_the_sweep_report_says_whether_each_run_levelled_off_before_the_rate_dro
     # 6.99..8.99 against 9.99..11.99, +3.0; the end (11.99) is 1.0 above the last window's mean.
     finished(fl.seeded(2)[0], [(i, i / 100) for i in iterations], ())
     finished(free.seeded(2)[0], [(i, 50.0) for i in iterations], None)  # no config.yaml: not read
+    finished(free.seeded(2)[1], [(i, 50.0) for i in iterations], None)
+    with open(os.path.join(cell_dir(free.seeded(2)[1], str(tmp_path)), "config.yaml"), "w") as f:
+        f.write("MODEL: {}\n")  # no schedule in it: not read either
     table = "\n".join(levelled_table("imbalance", results, str(tmp_path), seeds=2))
     assert "| retina_shapes: balanced CE, alpha 0.75 | 800 | +0.0, +2.0 | +1.0 | +4.0 |" in table
     assert "| retina_shapes: FL gamma 2, alpha 0.25 | 1200 | +3.0, - | +3.0 | +1.0 |" in table

@@ -171,8 +171,8 @@ def levelled_table(name, results, out_dir, seeds=None) -> List[str]:
                 continue
             config = saved_config(config_file)
             # No step: the whole run is at the constant rate.
-            first_step = min(config.get("SOLVER.STEPS") or [config["SOLVER.MAX_ITER"]])
-            early, late = constant_rate_windows(result.curve, first_step)
+            first_step = min(config.get("SOLVER.STEPS") or [config.get("SOLVER.MAX_ITER") or 0])
+            early, late = constant_rate_windows(result.curve, first_step) if first_step > 0 else (None, None)
             if early is None or late is None:
                 gains.append(None)
                 continue
