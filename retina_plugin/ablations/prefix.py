@@ -220,6 +220,9 @@ def _iteration_of(line) -> Optional[int]:
         return None
 
 
+_ITERATIONS_SEP = ", iterations "  # shared_prefix_of's '<run>, iterations 0-k'
+
+
 def shared_prefix_of(directory) -> Optional[str]:
     """'<run>, iterations 0-k' if the run in `directory` started from another run's checkpoint."""
     path = os.path.join(directory, PREFIX_FILE)
@@ -228,9 +231,6 @@ def shared_prefix_of(directory) -> Optional[str]:
     with open(path) as f:
         prefix = json.load(f)
     return f"{prefix['from']}{_ITERATIONS_SEP}0-{prefix['iteration']}"
-
-
-_ITERATIONS_SEP = ", iterations "
 
 
 def shared_prefix_run(text: str) -> Optional[str]:

@@ -129,7 +129,7 @@ def plot_sweep(name, results, path, seeds=None):
     ax.axhline(0, color="gray", lw=0.8)
     ax.set_xscale("log")
     save_figure(fig, ax, path, GRIDS[name].title, "R: negative (anchor, class) pairs per positive pair",
-          f"AP difference to {REFERENCE_LOSS} (measured here)")
+                f"AP difference to {REFERENCE_LOSS} (measured here)")
     plt.close(fig)
     return path
 
