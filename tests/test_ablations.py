@@ -281,6 +281,10 @@ def test_report_of_seeded_runs_shows_each_run_and_mean_std(tmp_path):
     from retina_plugin.ablations.plots import curves_of
 
     assert curves_of(cells[0], results, 3) == [(99, 32.0, 2.0, 3), (199, 42.0, 2.0, 3)]
+    # An evaluation that detected nothing (COCOEvaluator's NaN) counts as an AP of 0.
+    results[cells[2].with_seed(0).key].curve[0] = (99, float("nan"))
+    iteration, mean, _, runs = curves_of(cells[2], results, 3)[0]
+    assert (iteration, runs) == (99, 3) and mean == pytest.approx((0.0 + 26.0 + 27.0) / 3)
     assert os.path.getsize(paths["headline_scratch_curves"]) > 10_000
 
 

@@ -7,6 +7,7 @@ from typing import Dict
 
 from .cell import Cell
 from .grids import GRIDS
+from .result import curve_ap
 from .seeds import cell_runs, mean_std, summarize
 
 
@@ -84,8 +85,7 @@ def curves_of(cell: Cell, results, seeds=None):
     for result in cell_runs(cell, results, seeds):
         if result is not None:
             for iteration, ap in result.curve:
-                # COCOEvaluator's NaN means the model detected nothing: an AP of 0 (as Result).
-                by_iteration.setdefault(iteration, []).append(ap if ap == ap else 0.0)
+                by_iteration.setdefault(iteration, []).append(curve_ap(ap))
     return [(it, *mean_std(aps), len(aps)) for it, aps in sorted(by_iteration.items())]
 
 

@@ -54,6 +54,12 @@ class Result:
         return "ok"
 
 
+def curve_ap(ap: float) -> float:
+    """A periodic evaluation's AP as the curves average it: COCOEvaluator's NaN means the model
+    detected nothing, an AP of 0 (as Result does for the final metrics)."""
+    return 0.0 if ap != ap else ap
+
+
 def outcome(result: Result) -> str:
     """What a progress line says of a finished run: 'ok 83.5', or why it has no AP."""
     if result.status == "ok":

@@ -11,7 +11,7 @@ from .configs import saved_config
 from .grids import GRIDS
 from .paired import paired_differences, paired_interval
 from .plots import pyplot, save_figure
-from .result import format_ap
+from .result import curve_ap, format_ap
 from .run_dir import cell_dir
 from .seeds import cell_runs, format_mean, mean_std, summarize
 
@@ -142,8 +142,7 @@ def constant_rate_windows(curve, first_step):
     window = first_step // 4
 
     def mean_ap(start, end):
-        # COCOEvaluator's NaN means the model detected nothing: an AP of 0 (as Result).
-        aps = [ap if ap == ap else 0.0 for iteration, ap in curve if start <= iteration < end]
+        aps = [curve_ap(ap) for iteration, ap in curve if start <= iteration < end]
         return sum(aps) / len(aps) if aps else None
 
     return mean_ap(first_step - 2 * window, first_step - window), mean_ap(first_step - window, first_step)
