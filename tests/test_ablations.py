@@ -481,21 +481,27 @@ def test_progress_eta_counts_a_resumed_run_for_the_part_it_trained(tmp_path):
             f.write(json.dumps({"iteration": iteration - 1, "loss_cls": 1.0}) + "\n")
 
     progress = ablations.Progress(runs, str(tmp_path), jobs=2, max_iter=3000)
+    tail = list(runs.values())[3]
+    trained_until(tail, 2900)  # parked near its end: its time is mostly the final evaluations
+    progress.started(tail)
+    trained_until(tail, 3000)
+    progress.finished(tail, Result("ok", {"AP": 2.0}, seconds=120.0), trained=True)
+    assert progress.line().endswith("ETA after the first run finishes")  # not 120 s x 30
     trained_until(resumed, 1500)  # parked half-way by an earlier session
     progress.started(resumed)
     progress.started(diverged)
     trained_until(diverged, 100)
     progress.finished(diverged, Result("diverged", {}, seconds=30.0), trained=True)
-    assert progress.line().startswith("runs done 1 of 6; ")
+    assert progress.line().startswith("runs done 2 of 6; ")
     assert progress.line().endswith("ETA after the first run finishes")  # a diverged run's time is no run's
     trained_until(resumed, 3000)
     progress.finished(resumed, Result("ok", {"AP": 2.0}, seconds=600.0), trained=True)
     progress.started(running)
     trained_until(running, 1500)
     line = progress.line()
-    assert line.startswith("runs done 2 of 6; [balanced CE, alpha 0.75, seed 0: iteration 1500/3000]; ETA ")
-    # 600 s for half a run: 1200 s a run; 4 runs left, of which half of one is done, 2 at once
-    assert line.endswith("(35 min)")
+    assert line.startswith("runs done 3 of 6; [balanced CE, alpha 0.75, seed 0: iteration 1500/3000]; ETA ")
+    # 600 s for half a run: 1200 s a run; 3 runs left, of which half of one is done, 2 at once
+    assert line.endswith("(25 min)")
 
 
 def test_a_run_with_the_same_resolved_config_is_reused_not_retrained(tmp_path):

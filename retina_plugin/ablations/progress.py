@@ -21,8 +21,11 @@ class Progress:
         self.done_before = sum(finished_result(c, out_dir) is not None for c in runs.values())
         self.finished_now = 0
         # Seconds a whole run takes, from the runs finished now. A run resumed from a checkpoint
-        # trained only part of its schedule: its time counts for that part, not for a run; a
-        # diverged or failed run stopped early and says nothing of a run's length.
+        # trained only part of its schedule: its time counts for that part, not for a run, and
+        # only if that part is at least half of it: a short tail is mostly the final
+        # evaluations, which scaling up to a whole run counts many times over (the resumed last
+        # 1200 of 24000 iterations said 27 h where whole runs said 19 h). A diverged or failed
+        # run stopped early and says nothing of a run's length.
         self.seconds_per_run: List[float] = []
         self.iterations_per_run: List[int] = []
         self.started_at: Dict[str, int] = {}
@@ -44,7 +47,7 @@ class Progress:
             self.finished_now += trained
             total = self._iterations_done(cell)
             trained_now = total - self.started_at.pop(cell.key, 0)
-            if trained and result.status == "ok" and result.seconds and trained_now > 0:
+            if trained and result.status == "ok" and result.seconds and 2 * trained_now >= total > 0:
                 self.seconds_per_run.append(result.seconds * total / trained_now)
                 self.iterations_per_run.append(total)
 
