@@ -127,7 +127,11 @@ def test_guided_scale_matches_the_box_loss_and_carries_no_gradient(cfg):
         plain_losses = plain(batch)
         plain_losses["loss_cls"].backward()
     ratio = plain_losses["loss_box_reg"].item() / plain_losses["loss_cls"].item()
-    assert torch.allclose(guided_cls_grad, plain.head.cls_score.weight.grad * ratio, rtol=1e-4, atol=1e-9)
+    expected = plain.head.cls_score.weight.grad * ratio
+    # Float32 sums in another order: an element near 0 (cancelling terms) keeps an error of the
+    # order of the largest element's rounding, so the absolute tolerance scales with it.
+    atol = 1e-5 * float(expected.abs().max())
+    assert torch.allclose(guided_cls_grad, expected, rtol=1e-4, atol=atol)
 
 
 def test_sampling_free_yaml_sets_all_three(cfg):
