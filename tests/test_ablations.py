@@ -720,3 +720,51 @@ def test_t_quantile_matches_the_closed_forms_and_the_normal_limit():
     assert t_quantile(0.5, 3) == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="0.5 <= p < 1"):
         t_quantile(0.3, 3)
+
+
+def test_measured_regimes_say_what_the_schedule_check_found_there(tmp_path):
+    from retina_plugin.ablations.regimes import Source, format_regimes, measured_regimes, schedule_gains
+
+    def label(loss, iterations, lr="0.02", steps="steps at 2/3 and 8/9 (the paper's)"):
+        return f"{loss}, no clipping, lr {lr}, {iterations} iterations, {steps}"
+
+    bce, fl = "balanced CE, alpha 0.75", "FL gamma 2, alpha 0.25"
+    (tmp_path / "check").mkdir()
+    with open(tmp_path / "check" / "results.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["grid", "cell", "seed", "status", "AP"])
+        writer.writerows([
+            ("schedule", label(bce, 48000), 0, "ok", 84.6), ("schedule", label(bce, 24000), 0, "ok", 82.4),
+            ("schedule", label(bce, 48000), 1, "ok", 83.0), ("schedule", label(bce, 24000), 1, "ok", 82.0),
+            ("schedule", label(fl, 48000), 0, "not run", ""), ("schedule", label(fl, 24000), 0, "ok", 83.8),
+            ("schedule", label(fl, 48000), 1, "ok", 85.0), ("schedule", label(fl, 24000), 1, "ok", 84.5),
+            # Not a pair of the 24000-iteration runs: another learning rate, other steps, another length.
+            ("schedule", label(fl, 48000, lr="0.005"), 0, "ok", 99.0),
+            ("schedule", label(fl, 48000, steps="steps at 5/6 and 14/15"), 0, "ok", 99.0),
+            ("schedule", label(fl, 12000), 0, "ok", 10.0), ("schedule", label(fl, 6000), 0, "ok", 1.0),
+        ])
+    gains = schedule_gains(str(tmp_path / "check" / "results.csv"), 24000)
+    assert set(gains) == {bce, fl}
+    assert gains[bce] == pytest.approx([2.2, 1.0]) and gains[fl] == pytest.approx([0.5])
+    assert schedule_gains(str(tmp_path / "check" / "results.csv"), 6000) == {fl: [9.0]}
+    assert schedule_gains(str(tmp_path / "check" / "results.csv"), 3000) == {}
+
+    (tmp_path / "sweep").mkdir()
+    with open(tmp_path / "sweep" / "results.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["grid", "cell", "status", "AP", "neg_pairs_per_pos"])
+        writer.writerows([("imbalance", f"retina_k48: {bce}", "ok", 82.4, 50000.0),
+                          ("imbalance", f"retina_k48: {fl}", "ok", 83.8, 50000.0)])
+    checks = {"retina_k48": "check/results.csv"}
+    (regime,) = measured_regimes(50000.0, (Source("sweep/results.csv", "setup", iterations=24000),),
+                                 root=str(tmp_path), checks=checks)
+    assert regime["schedule"]["gains"] == gains and regime["schedule"]["source"] == "check/results.md"
+    text = format_regimes(50000.0, [regime])
+    assert "(24000 against 48000 iterations; converged when doubling gains under 1.5 AP)" in text
+    assert f"{fl} +0.5 AP (1 seed: converged), {bce} +1.6 AP (2 seeds: not converged)" in text
+    # Runs of another schedule, or a data set without a check, get no such sentence.
+    for source, where in ((Source("sweep/results.csv", "setup", iterations=3000), checks),
+                          (Source("sweep/results.csv", "setup"), checks),
+                          (Source("sweep/results.csv", "setup", iterations=24000), {})):
+        (regime,) = measured_regimes(50000.0, (source,), root=str(tmp_path), checks=where)
+        assert regime["schedule"] is None and "checked there" not in format_regimes(50000.0, [regime])

@@ -6,9 +6,13 @@ measured, read from the grids' results.csv; no advice beyond them.
 import csv
 import math
 import os
+import re
 import statistics
 from dataclasses import dataclass
 from typing import Dict, List, Optional
+
+from .grids import PAPER_SETUP_ITERATIONS
+from .report import CONVERGED_GAIN
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -18,13 +22,15 @@ class Source:
     """One grid's results.csv and what its runs are. A sweep's cells are "data set: loss"; a grid
     on one data set (`dataset`) names the loss only, and `cell_suffix` keeps the cells of its
     setup (the suffix is dropped from the loss's name). `spans_r`: the grid covers the range of
-    R, so an older source adds nothing beside it."""
+    R, so an older source adds nothing beside it. `iterations`: its runs' schedule, where a
+    schedule check (SCHEDULE_CHECKS) measured it at some data sets."""
 
     path: str
     what: str
     dataset: Optional[str] = None
     cell_suffix: str = ""
     spans_r: bool = True
+    iterations: Optional[int] = None
 
 
 # Newest first. Until the paper-setup sweep is finished, what it has, the converged headline (one
@@ -32,13 +38,40 @@ class Source:
 # ranking alone.
 SOURCES = (
     Source("docs/ablations/sweep/results.csv",
-           "the paper's setup: pretrained backbone, no gradient clipping, the measured schedule"),
+           "the paper's setup: pretrained backbone, no gradient clipping, the schedule measured at retina_sparse",
+           iterations=PAPER_SETUP_ITERATIONS),
     Source("docs/ablations/headline/results.csv",
-           "the paper's setup: pretrained backbone, no gradient clipping, the measured schedule",
-           dataset="retina_sparse", cell_suffix=", no clipping", spans_r=False),
+           "the paper's setup: pretrained backbone, no gradient clipping, the schedule measured at retina_sparse",
+           dataset="retina_sparse", cell_suffix=", no clipping", spans_r=False, iterations=PAPER_SETUP_ITERATIONS),
     Source("docs/ablations/imbalance/results.csv",
            "backbone from scratch, gradient clipping, 3000 iterations: not converged"),
 )
+
+# The schedule grid run at a data set (its results.csv): the paper-setup runs there beside the
+# same runs at twice the iterations. A schedule measured at one R need not hold at another (at
+# retina_imbalance_k48_single it did not), so the answer for a data set says what its check found.
+SCHEDULE_CHECKS = {
+    "retina_sparse": "docs/ablations/schedule/results.csv",
+    "retina_imbalance_k48_single": "docs/ablations/schedule_k48_single/results.csv",
+}
+_SCHEDULE_CELL = re.compile(r"^(?P<loss>.*), no clipping, lr (?P<lr>[^,]+), (?P<iterations>\d+) iterations, (?P<steps>.*)$")
+
+
+def schedule_gains(path, iterations: int) -> Dict[str, List[float]]:
+    """{loss: [AP gained by twice `iterations`, each seed where both runs finished]} from a
+    schedule grid's results.csv; the runs paired by loss, learning rate, steps and seed."""
+    aps = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            match = _SCHEDULE_CELL.match(row["cell"])
+            if match and row["status"] == "ok" and row["AP"] not in ("", "nan"):
+                key = (match["loss"], match["lr"], match["steps"], row["seed"], int(match["iterations"]))
+                aps[key] = float(row["AP"])
+    gains: Dict[str, List[float]] = {}
+    for (loss, lr, steps, seed, its), ap in sorted(aps.items()):
+        if its == iterations and (loss, lr, steps, seed, 2 * its) in aps:
+            gains.setdefault(loss, []).append(aps[(loss, lr, steps, seed, 2 * its)] - ap)
+    return gains
 
 
 def read_sweep(path, source: Optional[Source] = None) -> List[dict]:
@@ -68,11 +101,12 @@ def read_sweep(path, source: Optional[Source] = None) -> List[dict]:
     return list(points.values())
 
 
-def measured_regimes(ratio: float, sources=SOURCES, root=REPO) -> List[dict]:
+def measured_regimes(ratio: float, sources=SOURCES, root=REPO, checks=None) -> List[dict]:
     """From each source with results, newest first, up to the first that spans R: the measured
     data set whose R is nearest to `ratio` (on a log scale), as {"dataset", "R",
-    "ranking": [(loss, mean AP, runs)], "source", "what", "spans_r", "one_r"}. Only data sets
-    where every run of the grid has been trained are answered from."""
+    "ranking": [(loss, mean AP, runs)], "source", "what", "spans_r", "one_r", "schedule"}. Only
+    data sets where every run of the grid has been trained are answered from. "schedule": what a
+    schedule check there found (`checks`: data set -> its results.csv; SCHEDULE_CHECKS)."""
     if not (ratio > 0 and math.isfinite(ratio)):
         return []
     regimes = []
@@ -94,10 +128,34 @@ def measured_regimes(ratio: float, sources=SOURCES, root=REPO) -> List[dict]:
         # An unfinished sweep spans only the R it has reached: the older sources are shown too.
         spans_r = source.spans_r and not not_run
         regimes.append({"dataset": point["dataset"], "R": point["R"], "ranking": ranking, "source": md,
-                        "what": source.what + under_way, "spans_r": spans_r, "one_r": source.dataset is not None})
+                        "what": source.what + under_way, "spans_r": spans_r, "one_r": source.dataset is not None,
+                        "schedule": schedule_check(point["dataset"], source.iterations, root, checks)})
         if spans_r:
             break
     return regimes
+
+
+def schedule_check(dataset, iterations, root=REPO, checks=None) -> Optional[dict]:
+    """What the schedule check at `dataset` measured for runs of `iterations`: {"iterations",
+    "gains": {loss: [AP gained at twice them, each seed]}, "source"}; None where none was run."""
+    path = (SCHEDULE_CHECKS if checks is None else checks).get(dataset)
+    if iterations is None or path is None or not os.path.isfile(os.path.join(root, path)):
+        return None
+    gains = schedule_gains(os.path.join(root, path), iterations)
+    if not gains:
+        return None
+    return {"iterations": iterations, "gains": gains, "source": os.path.join(os.path.dirname(path), "results.md")}
+
+
+def format_schedule_check(check: dict) -> str:
+    def verdict(gains):
+        mean = statistics.mean(gains)
+        seeds = f"{len(gains)} seed" + ("s" if len(gains) > 1 else "")
+        return f"{mean:+.1f} AP ({seeds}: {'converged' if mean < CONVERGED_GAIN else 'not converged'})"
+
+    each = ", ".join(f"{loss} {verdict(gains)}" for loss, gains in check["gains"].items())
+    return (f" Its schedule, checked there ({check['iterations']} against {2 * check['iterations']} iterations; "
+            f"converged when doubling gains under {CONVERGED_GAIN} AP): {each}. Table: {check['source']}.")
 
 
 def format_regimes(ratio: float, regimes: List[dict]) -> str:
@@ -118,5 +176,6 @@ def format_regimes(ratio: float, regimes: List[dict]) -> str:
             f"What our measurements say at this R ({ratio:.3g}): {where} "
             f"{regime['dataset']} (R = {regime['R']:.3g}), where the losses ranked by AP: {ranking}. "
             f"Runs: {regime['what']}. Table: {regime['source']}."
+            + (format_schedule_check(regime["schedule"]) if regime.get("schedule") else "")
         )
     return "\n".join(lines)
