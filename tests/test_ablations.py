@@ -729,6 +729,9 @@ def test_measured_regimes_say_what_the_schedule_check_found_there(tmp_path):
         return f"{loss}, no clipping, lr {lr}, {iterations} iterations, {steps}"
 
     bce, fl = "balanced CE, alpha 0.75", "FL gamma 2, alpha 0.25"
+    # The labels here are the schedule grid's own: the pairing reads them.
+    grid_labels = {cell.label for cell in GRIDS["schedule"].cells}
+    assert {label(bce, 24000), label(bce, 48000), label(fl, 24000), label(fl, 48000)} <= grid_labels
     (tmp_path / "check").mkdir()
     with open(tmp_path / "check" / "results.csv", "w", newline="") as f:
         writer = csv.writer(f)
