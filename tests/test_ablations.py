@@ -59,8 +59,11 @@ def test_cells_shared_by_grids_train_once_and_keys_are_distinct():
         assert len({c.key for c in grid.cells}) == len(grid.cells), name
     # Shared: FL (2, 0.25) by six grids, balanced CE (0.75) by four, CE at alpha 0.25 and
     # 0.5 by two, GHM-C (momentum 0.75) by two. CE in "init" trains without gradient clipping:
-    # not the CE of "headline_scratch", but the CE of "headline" without clipping.
-    assert len(distinct_cells()) == sum(len(g.cells) for g in GRIDS.values()) - 5 - 3 - 1 - 1 - 1 - 1
+    # not the CE of "headline_scratch", but the CE of "headline" without clipping. Balanced CE
+    # and FL at 24000 and 48000 iterations (the paper's steps): "schedule" and "schedule_three_losses".
+    assert len(distinct_cells()) == sum(len(g.cells) for g in GRIDS.values()) - 5 - 3 - 1 - 1 - 1 - 1 - 4
+    shared = {c.key for c in GRIDS["schedule"].cells} & {c.key for c in GRIDS["schedule_three_losses"].cells}
+    assert {dict(distinct_cells()[key].params)["iterations"] for key in shared} == {24000, 48000} and len(shared) == 4
     ce = {g: c.key for g, grid in GRIDS.items() for c in grid.cells if c.label in ("CE, no clipping", "CE, prior init (pi = 0.01)")}
     assert set(ce) == {"init", "headline"} and len(set(ce.values())) == 1
     ghm = {g: c.key for g, grid in GRIDS.items() for c in grid.cells if c.label == "GHM-C, 30 bins, momentum 0.75"}
@@ -224,6 +227,44 @@ def test_schedule_report_says_what_twice_the_iterations_gained(tmp_path):
     assert ("| FL gamma 2, alpha 0.25, no clipping, lr 0.02, 3000 iterations, steps at 2/3 and 8/9 (the paper's) "
             "| +5.0, not both run | +5.0 | +0.2 | +5.0 | no (from 1 of 2 seeds) |") in md
     assert "| balanced CE, alpha 0.75, no clipping, lr 0.02, 3000 iterations, steps at 2/3 and 8/9 (the paper's) | not both run, not both run | - |" in md
+
+
+def test_schedule_three_losses_takes_the_sweeps_runs_and_pairs_each_doubling(tmp_path):
+    from retina_plugin.ablations.configs import resolved_config
+    from retina_plugin.ablations.grids import PAPER_SETUP_ITERATIONS
+
+    sparse = os.path.join(REPO, "configs", "sparse.yaml")
+    dataset = "retina_imbalance_k48_single"
+    data = ["DATASETS.TRAIN", f"('{dataset}_train',)", "DATASETS.TEST", f"('{dataset}_val',)",
+            "MODEL.RETINANET.NUM_CLASSES", "48"]
+    cells = GRIDS["schedule_three_losses"].cells
+    iterations = lambda c: dict(c.params)["iterations"]  # noqa: E731
+
+    def dump(opts):
+        cfg = resolved_config(sparse, (), opts)
+        cfg.OUTPUT_DIR = ""
+        return cfg.dump()
+
+    # At the paper setup's iterations, with the data set's overrides, its runs are the sweep's
+    # there, run for run: --reuse-from takes them instead of training them again.
+    at_config = [c for c in cells if iterations(c) == PAPER_SETUP_ITERATIONS]
+    sweep = [c for c in GRIDS["imbalance"].cells if c.label.startswith(f"{dataset}: ")]
+    assert len(at_config) == len(sweep) == 3
+    assert [dump([*data, *c.with_seed(1).opts()]) for c in at_config] == [dump(c.with_seed(1).opts()) for c in sweep]
+    # Every loss at 1x, 2x and 4x: the report pairs 1x with 2x and 2x with 4x, loss by loss.
+    assert sorted(iterations(c) for c in cells) == sorted(3 * [PAPER_SETUP_ITERATIONS, 2 * PAPER_SETUP_ITERATIONS,
+                                                               4 * PAPER_SETUP_ITERATIONS])
+    results = {}
+    for index, cell in enumerate(cells):
+        # AP grows with the iterations, by a loss's own amount: 1x -> 2x gains 2 + index % 3.
+        ap = 80.0 + (iterations(cell) // PAPER_SETUP_ITERATIONS).bit_length() * (2 + index % 3) / 2
+        results[cell.with_seed(0).key] = Result("ok", metrics_of(ap))
+    md = open(write_reports(["schedule_three_losses"], results, str(tmp_path), "x", seeds=1)["md"]).read()
+    for loss, gain, verdict in (("balanced CE, alpha 0.75", 1.0, "yes"), ("FL gamma 2, alpha 0.25", 1.5, "no"),
+                                ("Sampling-Free CE", 2.0, "no")):
+        for its in (PAPER_SETUP_ITERATIONS, 2 * PAPER_SETUP_ITERATIONS):
+            label = f"{loss}, no clipping, lr 0.02, {its} iterations, steps at 2/3 and 8/9 (the paper's)"
+            assert f"| {label} | {gain:+.1f} | {gain:+.1f} | {gain:+.1f} | {gain:+.1f} | {verdict} |" in md
 
 
 def metrics_of(ap):
