@@ -82,3 +82,6 @@ class Grid:
     # reported seed by seed, each loss against `reference` and the factor's effect on each.
     reference: str = ""
     factor: str = ""
+    # The iterations its runs train for (the config's, where no cell overrides them): a sweep's
+    # report then says what a schedule check of them found at its data sets (regimes.py).
+    iterations: Optional[int] = None

@@ -82,6 +82,9 @@ def steps_label(steps) -> str:
 PAPER_SETUP_LR = 0.02
 PAPER_SETUP_ITERATIONS = 24000
 PAPER_SETUP_STEPS = PAPERS_STEPS
+# A schedule has converged when twice its iterations gain less than this much AP, on average
+# over the seeds that finished both.
+CONVERGED_GAIN = 1.5
 SCHEDULE_CHECK = ((48000, PAPERS_STEPS), (24000, PAPERS_STEPS), (12000, LATE_STEPS), (12000, PAPERS_STEPS),
                   (6000, LATE_STEPS), (6000, PAPERS_STEPS), (3000, LATE_STEPS), (3000, PAPERS_STEPS))
 
@@ -352,6 +355,7 @@ GRIDS: Dict[str, Grid] = {
         "builtin.py), so R, the negative (anchor, class) pairs per positive pair, grows about "
         "100x. Run with configs/sparse.yaml (the paper's setup, no gradient clipping).",
         kind="sweep",
+        iterations=PAPER_SETUP_ITERATIONS,
     ),
     "imbalance_scratch": Grid(
         "The imbalance sweep: balanced CE against FL as the data grows more imbalanced",

@@ -11,8 +11,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-from .grids import PAPER_SETUP_ITERATIONS
-from .report import CONVERGED_GAIN
+from .grids import CONVERGED_GAIN, PAPER_SETUP_ITERATIONS
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -147,15 +146,23 @@ def schedule_check(dataset, iterations, root=REPO, checks=None) -> Optional[dict
     return {"iterations": iterations, "gains": gains, "source": os.path.join(os.path.dirname(path), "results.md")}
 
 
-def format_schedule_check(check: dict) -> str:
-    def verdict(gains):
-        mean = statistics.mean(gains)
-        seeds = f"{len(gains)} seed" + ("s" if len(gains) > 1 else "")
-        return f"{mean:+.1f} AP ({seeds}: {'converged' if mean < CONVERGED_GAIN else 'not converged'})"
+def converged(gains: List[float]) -> bool:
+    return statistics.mean(gains) < CONVERGED_GAIN
 
-    each = ", ".join(f"{loss} {verdict(gains)}" for loss, gains in check["gains"].items())
+
+def format_gains(gains: Dict[str, List[float]]) -> str:
+    """'loss +2.2 AP (1 seed: not converged), ...': each loss's mean gain at twice the iterations."""
+    def verdict(each):
+        seeds = f"{len(each)} seed" + ("s" if len(each) > 1 else "")
+        return f"{statistics.mean(each):+.1f} AP ({seeds}: {'converged' if converged(each) else 'not converged'})"
+
+    return ", ".join(f"{loss} {verdict(each)}" for loss, each in gains.items())
+
+
+def format_schedule_check(check: dict) -> str:
     return (f" Its schedule, checked there ({check['iterations']} against {2 * check['iterations']} iterations; "
-            f"converged when doubling gains under {CONVERGED_GAIN} AP): {each}. Table: {check['source']}.")
+            f"converged when doubling gains under {CONVERGED_GAIN} AP): {format_gains(check['gains'])}. "
+            f"Table: {check['source']}.")
 
 
 def format_regimes(ratio: float, regimes: List[dict]) -> str:

@@ -8,7 +8,7 @@ import math
 import os
 from typing import List
 
-from .grids import GRIDS, METRICS, PAPER_SOURCE
+from .grids import CONVERGED_GAIN, GRIDS, METRICS, PAPER_SOURCE
 from .paired import paired_tables
 from .plots import plot_curves, plot_grid
 from .prefix import shared_prefix_run
@@ -122,11 +122,6 @@ def write_reports(names, results, out_dir, title_note="", seeds=None):
         if any(r is not None and r.curve for c in grid.cells for r in cell_runs(c, results, seeds)):
             paths[f"{name}_curves"] = plot_curves(name, results, os.path.join(out_dir, f"{name}_curves.png"), seeds)
     return paths
-
-
-# The schedule check: a schedule has converged when twice its iterations gain less than this
-# much AP, on average over the seeds that finished both.
-CONVERGED_GAIN = 1.5
 
 
 def schedule_table(name, results, seeds=None) -> List[str]:

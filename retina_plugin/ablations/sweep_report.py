@@ -8,9 +8,10 @@ import statistics
 from typing import List
 
 from .configs import saved_config
-from .grids import GRIDS
+from .grids import CONVERGED_GAIN, GRIDS
 from .paired import paired_differences, paired_interval
 from .plots import pyplot, save_figure
+from .regimes import REPO, converged, format_gains, schedule_check
 from .result import curve_ap, format_ap
 from .run_dir import cell_dir
 from .seeds import cell_runs, format_mean, mean_std, summarize
@@ -61,7 +62,9 @@ def sweep_points(name, results, seeds=None):
     return points
 
 
-def sweep_table(name, results, seeds=None) -> List[str]:
+def sweep_table(name, results, seeds=None, checks=None, root=REPO) -> List[str]:
+    """The sweep's table, its notes and what the schedule checks at its data sets found
+    (`checks`: data set -> a schedule grid's results.csv under `root`; regimes.SCHEDULE_CHECKS)."""
     losses = sweep_losses(name)
     scored = [loss for loss in losses if loss != OUTCOME_ONLY]
     compared = [loss for loss in scored if loss != REFERENCE_LOSS]
@@ -100,7 +103,26 @@ def sweep_table(name, results, seeds=None) -> List[str]:
         "classification loss (`cls_loss_background_share`), the mean over seeds. The paper's "
         "case against CE is that this part dominates.",
         "",
-    ]
+    ] + schedule_check_lines(name, checks, root)
+
+
+def schedule_check_lines(name, checks=None, root=REPO) -> List[str]:
+    """Where a schedule check ran at one of the sweep's data sets (the same runs at twice the
+    grid's iterations): what doubling gained there, and whether that data set's row compares
+    runs that had not finished learning."""
+    iterations = GRIDS[name].iterations
+    found = []
+    for dataset in dict.fromkeys(dict(c.params)["dataset"] for c in GRIDS[name].cells):
+        check = schedule_check(dataset, iterations, root, checks) if iterations else None
+        if check is not None:
+            short = not all(converged(gains) for gains in check["gains"].values())
+            found.append(f"- `{dataset}`: {format_gains(check['gains'])}"
+                         + ("; its row compares runs short of where they end" if short else "")
+                         + f" (`{check['source']}`)")
+    if not found:
+        return []
+    return [f"The schedule checked at a data set: the same runs at twice the {iterations} iterations, the AP "
+            f"gained (converged when under {CONVERGED_GAIN} on average over the seeds):", "", *found, ""]
 
 
 def plot_sweep(name, results, path, seeds=None):
