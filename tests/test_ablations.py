@@ -813,7 +813,7 @@ def test_measured_regimes_say_what_the_schedule_check_found_there(tmp_path):
         (regime,) = measured_regimes(50000.0, (source,), root=str(tmp_path), checks=where)
         assert regime["schedule"] is None and "checked there" not in format_regimes(50000.0, [regime])
     # The sweep's own report says it beside its table: at that data set, the runs are short.
-    from retina_plugin.ablations.sweep_report import sweep_table
+    from retina_plugin.ablations.sweep_report import short_schedule_datasets, sweep_table
 
     k48 = {"retina_imbalance_k48_single": "check/results.csv"}
     md = "\n".join(sweep_table("imbalance", {}, seeds=2, checks=k48, root=str(tmp_path)))
@@ -821,5 +821,6 @@ def test_measured_regimes_say_what_the_schedule_check_found_there(tmp_path):
             "alpha 0.75 +1.6 AP (2 seeds: not converged); its row compares runs short of where they end "
             "(`check/results.md`)") in md
     assert "the same runs at twice the 24000 iterations" in md
+    assert short_schedule_datasets("imbalance", checks=k48, root=str(tmp_path)) == ["retina_imbalance_k48_single"]
     # A sweep of another schedule (the from-scratch one's 3000 iterations) was not checked.
     assert "twice the" not in "\n".join(sweep_table("imbalance_scratch", {}, seeds=2, checks=k48, root=str(tmp_path)))

@@ -106,6 +106,15 @@ def sweep_table(name, results, seeds=None, checks=None, root=REPO) -> List[str]:
     ] + schedule_check_lines(name, checks, root)
 
 
+def short_schedule_datasets(name, checks=None, root=REPO) -> List[str]:
+    """The sweep's data sets where a schedule check found its iterations short for some loss."""
+    iterations = GRIDS[name].iterations
+    datasets = dict.fromkeys(dict(c.params)["dataset"] for c in GRIDS[name].cells)
+    checks_found = {d: schedule_check(d, iterations, root, checks) if iterations else None for d in datasets}
+    return [d for d, check in checks_found.items()
+            if check is not None and not all(converged(g) for g in check["gains"].values())]
+
+
 def schedule_check_lines(name, checks=None, root=REPO) -> List[str]:
     """Where a schedule check ran at one of the sweep's data sets (the same runs at twice the
     grid's iterations): what doubling gained there, and whether that data set's row compares
@@ -145,9 +154,12 @@ def plot_sweep(name, results, path, seeds=None):
                     color=f"C{i}", markerfacecolor="white", zorder=3)
     if any(p["delta"].get(loss, (0, 0, 0))[2] == 1 for p in points for loss in compared):
         ax.plot([], [], "o", color="gray", markerfacecolor="white", label="hollow: 1 seed")
+    short = short_schedule_datasets(name)
     for p in points:
-        ax.annotate(p["dataset"].replace("retina_", ""), (p["R"], 0), fontsize=6,
-                    textcoords="offset points", xytext=(2, -10))
+        ax.annotate(p["dataset"].replace("retina_", "") + ("*" if p["dataset"] in short else ""), (p["R"], 0),
+                    fontsize=6, textcoords="offset points", xytext=(2, -10))
+    if short:  # a difference between runs still learning is not where the losses end
+        ax.plot([], [], " ", label=f"*: twice the {GRIDS[name].iterations} iterations gained {CONVERGED_GAIN} AP or more")
     ax.axhline(0, color="gray", lw=0.8)
     ax.set_xscale("log")
     save_figure(fig, ax, path, GRIDS[name].title, "R: negative (anchor, class) pairs per positive pair",
