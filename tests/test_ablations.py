@@ -595,6 +595,46 @@ def test_a_run_with_the_same_resolved_config_is_reused_not_retrained(tmp_path):
     assert f"FL seed 0 took `{forked_from}, iterations 0-7`" in report
 
 
+def test_a_run_finished_beside_by_its_turn_is_taken_not_trained_again(tmp_path):
+    import json
+    import unittest.mock
+
+    from retina_plugin.ablations.configs import resolved_config
+
+    config = os.path.join(REPO, "configs", "quickstart.yaml")
+    first = Cell("FL", (("MODEL.RETINANET.FOCAL_LOSS_GAMMA", 2.0), ("SEED", 0)))
+    second = Cell("FL, seed 1", (("MODEL.RETINANET.FOCAL_LOSS_GAMMA", 2.0), ("SEED", 1)))
+    beside = tmp_path / "beside" / "cells" / second.key
+    (tmp_path / "beside" / "cells").mkdir(parents=True)
+    trained, lines = [], []
+
+    def config_of(c):
+        return resolved_config(config, (), c.opts())
+
+    def run_cell(c, out_dir, *args, **kwargs):
+        done = ablations.finished_result(c, out_dir)
+        if done is not None:
+            return done
+        # While this runner trains the first run, a runner beside it finishes the second.
+        trained.append(c.key)
+        beside.mkdir()
+        cfg = config_of(second)
+        cfg.OUTPUT_DIR = str(beside)
+        (beside / "config.yaml").write_text(cfg.dump())
+        (beside / "result.json").write_text(json.dumps(Result("ok", metrics_of(50.0)).__dict__))
+        return Result("ok", metrics_of(40.0))
+
+    with unittest.mock.patch.dict(GRIDS, {"reuse": Grid("reuse", (first, second))}), \
+            unittest.mock.patch.object(ablations.runner, "run_cell", run_cell):
+        results = run_grids(["reuse"], str(tmp_path / "now"), [], reuse_from=[str(tmp_path / "beside")],
+                            config_of=config_of, log=lines.append)
+    assert trained == [first.key]
+    assert results[second.key].metrics["AP"] == 50.0
+    assert results[second.key].reused_from == os.path.join("..", "beside", "cells", second.key)
+    assert any(line.startswith("FL, seed 1: the same config as ") for line in lines)
+    assert lines[-1].startswith("FL, seed 1 (seed 1): ok 50.0; runs done 2 of 2")
+
+
 def test_a_finished_run_without_its_config_is_not_reused_and_the_log_says_why(tmp_path):
     import json
     import unittest.mock

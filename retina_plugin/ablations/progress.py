@@ -5,7 +5,7 @@ iteration, and when all should be done.
 import statistics
 import threading
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from .cell import Cell
 from .result import Result
@@ -41,10 +41,12 @@ class Progress:
             self.running[cell.key] = cell
             self.started_at[cell.key] = self._iterations_done(cell)
 
-    def finished(self, cell, result: Result, trained: bool):
+    def finished(self, cell, result: Result, trained: bool, newly_done: Optional[bool] = None):
+        """`trained`: in this process (its time counts for the ETA); `newly_done`: not done when
+        the process started (trained, or taken from a run finished beside it since)."""
         with self.lock:
             self.running.pop(cell.key, None)
-            self.finished_now += trained
+            self.finished_now += trained if newly_done is None else newly_done
             total = self._iterations_done(cell)
             trained_now = total - self.started_at.pop(cell.key, 0)
             if trained and result.status == "ok" and result.seconds and 2 * trained_now >= total > 0:

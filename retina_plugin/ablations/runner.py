@@ -274,20 +274,29 @@ def run_grids(names, out_dir, base_args, extra_opts=(), jobs=1, log=print, dry=F
         for line in stale:
             log(f"warning: reported, but trained another config than the cell resolves to now: {line}")
     others = [d for d in reuse_from if os.path.abspath(d) != os.path.abspath(out_dir)]
-    candidates, unknown = [], []
-    for run in finished_runs(others):
-        (candidates if os.path.isfile(os.path.join(run, "config.yaml")) else unknown).append(run)
-    if unknown and not dry:
-        # A clone holds only what was committed: a run kept without its config cannot be shown
-        # to be the same run, so it is not taken.
-        log(f"--reuse-from: {len(unknown)} finished run(s) have no config.yaml and cannot be compared "
-            f"(e.g. {unknown[0]}); keep a finished cell's config.yaml in git (git add -f) to reuse it")
-    if candidates and not dry:
-        for key, cell in runs.items():
-            if finished_result(cell, out_dir) is None:
-                reused = reuse_same_run(cell, out_dir, config_of(cell), candidates)
-                if reused is not None:
-                    log(f"{cell.label}: the same config as {reused.reused_from}, not trained again")
+
+    def comparable_runs(warn=False):
+        candidates, unknown = [], []
+        for run in finished_runs(others):
+            (candidates if os.path.isfile(os.path.join(run, "config.yaml")) else unknown).append(run)
+        if unknown and warn:
+            # A clone holds only what was committed: a run kept without its config cannot be
+            # shown to be the same run, so it is not taken.
+            log(f"--reuse-from: {len(unknown)} finished run(s) have no config.yaml and cannot be compared "
+                f"(e.g. {unknown[0]}); keep a finished cell's config.yaml in git (git add -f) to reuse it")
+        return candidates
+
+    def take_the_same_run(cell, candidates):
+        if config_of is None or not candidates or finished_result(cell, out_dir) is not None:
+            return
+        reused = reuse_same_run(cell, out_dir, config_of(cell), candidates)
+        if reused is not None:
+            log(f"{cell.label}: the same config as {reused.reused_from}, not trained again")
+
+    if others and not dry:
+        candidates = comparable_runs(warn=True)
+        for cell in runs.values():
+            take_the_same_run(cell, candidates)
     # The report covers the whole grid: the runs not trained now (those another --only left
     # out, or every run when dry) come in from their finished results.
     not_trained_now = every_run if dry else {key: cell for key, cell in every_run.items() if key not in runs}
@@ -323,11 +332,14 @@ def run_grids(names, out_dir, base_args, extra_opts=(), jobs=1, log=print, dry=F
             log(progress.line())
 
     def one(cell):
+        done_before = finished_result(cell, out_dir) is not None
+        if others and not done_before:  # at its turn: a runner beside this one may have finished it since
+            take_the_same_run(cell, comparable_runs())
         trained = finished_result(cell, out_dir) is None
         start_from_a_sibling(cell)  # at its turn: a sibling trained beside it has checkpoints by then
         progress.started(cell)
         result = run_cell(cell, out_dir, base_args, list(extra_opts), threads if jobs > 1 else None)
-        progress.finished(cell, result, trained)
+        progress.finished(cell, result, trained, newly_done=not done_before)
         seed = dict(cell.overrides).get("SEED")
         name = cell.label + (f" (seed {seed})" if seed is not None else "")
         log(f"{name}: {outcome(result)}; {progress.line()}")
