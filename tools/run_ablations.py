@@ -58,7 +58,8 @@ def main(argv=None):
                         "run and their mean ± std (default: once, with the config's SEED)")
     parser.add_argument("--reuse-from", action="append", default=[], metavar="DIR",
                         help="another ablation output directory: a run whose resolved config "
-                        "equals one of its finished runs takes that result (repeatable)")
+                        "equals one of its finished runs takes that result, looked for again at "
+                        "each run's turn (a runner there may finish it meanwhile; repeatable)")
     parser.add_argument("--only", action="append", default=[], metavar="TEXT",
                         help="train only the cells whose label contains TEXT, e.g. 'FL gamma 2' or "
                         "'3000 iterations' (repeatable: any of them); the report still lists the "
