@@ -5,7 +5,7 @@ over seeds), the table and the plot of those differences against R.
 import math
 import os
 import statistics
-from typing import List
+from typing import Dict, List
 
 from .configs import saved_config
 from .grids import CONVERGED_GAIN, GRIDS
@@ -106,32 +106,35 @@ def sweep_table(name, results, seeds=None, checks=None, root=REPO) -> List[str]:
     ] + schedule_check_lines(name, checks, root)
 
 
+def schedule_checks(name, checks=None, root=REPO) -> Dict[str, dict]:
+    """{data set: what a schedule check there found (regimes.schedule_check), with "short": its
+    iterations were short for some loss} for the sweep's data sets where one ran."""
+    iterations = GRIDS[name].iterations
+    found = {}
+    for dataset in dict.fromkeys(dict(c.params)["dataset"] for c in GRIDS[name].cells):
+        check = schedule_check(dataset, iterations, root, checks) if iterations else None
+        if check is not None:
+            found[dataset] = {**check, "short": not all(converged(g) for g in check["gains"].values())}
+    return found
+
+
 def short_schedule_datasets(name, checks=None, root=REPO) -> List[str]:
     """The sweep's data sets where a schedule check found its iterations short for some loss."""
-    iterations = GRIDS[name].iterations
-    datasets = dict.fromkeys(dict(c.params)["dataset"] for c in GRIDS[name].cells)
-    checks_found = {d: schedule_check(d, iterations, root, checks) if iterations else None for d in datasets}
-    return [d for d, check in checks_found.items()
-            if check is not None and not all(converged(g) for g in check["gains"].values())]
+    return [dataset for dataset, check in schedule_checks(name, checks, root).items() if check["short"]]
 
 
 def schedule_check_lines(name, checks=None, root=REPO) -> List[str]:
     """Where a schedule check ran at one of the sweep's data sets (the same runs at twice the
     grid's iterations): what doubling gained there, and whether that data set's row compares
     runs that had not finished learning."""
-    iterations = GRIDS[name].iterations
-    found = []
-    for dataset in dict.fromkeys(dict(c.params)["dataset"] for c in GRIDS[name].cells):
-        check = schedule_check(dataset, iterations, root, checks) if iterations else None
-        if check is not None:
-            short = not all(converged(gains) for gains in check["gains"].values())
-            found.append(f"- `{dataset}`: {format_gains(check['gains'])}"
-                         + ("; its row compares runs short of where they end" if short else "")
-                         + f" (`{check['source']}`)")
+    found = [f"- `{dataset}`: {format_gains(check['gains'])}"
+             + ("; its row compares runs short of where they end" if check["short"] else "")
+             + f" (`{check['source']}`)"
+             for dataset, check in schedule_checks(name, checks, root).items()]
     if not found:
         return []
-    return [f"The schedule checked at a data set: the same runs at twice the {iterations} iterations, the AP "
-            f"gained (converged when under {CONVERGED_GAIN} on average over the seeds):", "", *found, ""]
+    return [f"The schedule checked at a data set: the same runs at twice the {GRIDS[name].iterations} iterations, "
+            f"the AP gained (converged when under {CONVERGED_GAIN} on average over the seeds):", "", *found, ""]
 
 
 def plot_sweep(name, results, path, seeds=None):
